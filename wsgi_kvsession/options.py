@@ -1,0 +1,206 @@
+"""The middleware's options, checked once at construction.
+
+Every invalid value or combination is refused here, with a message that names
+the option and the fix, so that a misconfiguration fails at start-up rather
+than on the first request (or, worse, silently in a browser that drops a
+cookie it considers invalid).
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+from .ids import IdCodec
+from .serializers import Serializer, TaggedJSONSerializer
+
+Seconds = int | float | datetime.timedelta
+
+DEFAULT_IDLE_TIMEOUT = datetime.timedelta(days=14)
+DEFAULT_ABSOLUTE_TIMEOUT = datetime.timedelta(days=30)
+#: The most a read-only request waits before it slides the idle deadline.
+DEFAULT_MAX_TOUCH_INTERVAL = 60.0
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class SessionOptions(TypedDict, total=False):
+    """The keyword options of :class:`~wsgi_kvsession.KVSessionMiddleware` (and
+    of everything else that reads or writes sessions), all optional."""
+
+    #: Name of the session cookie. ``__Host-`` and ``__Secure-`` prefixes are checked.
+    cookie_name: str
+    cookie_path: str
+    cookie_domain: str | None
+    #: Send the cookie over HTTPS only. Turn off only for local development.
+    cookie_secure: bool
+    cookie_httponly: bool
+    #: ``"Lax"`` (default), ``"Strict"``, ``"None"`` (needs Secure) or None.
+    cookie_samesite: str | None
+    #: CHIPS partitioned cookie (needs Secure).
+    cookie_partitioned: bool
+    #: Inactivity after which a session ends (default 14 days).
+    idle_timeout: Seconds | None
+    #: Age after which a session ends however active (default 30 days).
+    absolute_timeout: Seconds | None
+    #: How far the idle deadline must move before a read-only request slides it.
+    touch_interval: Seconds | None
+    #: Signing key(s) for the cookie value: the first signs, all verify.
+    secret_key: str | bytes | Sequence[str | bytes] | None
+    #: Prefix of every store key; give apps that share a store distinct prefixes.
+    key_prefix: str
+    serializer: Serializer | None
+    #: Random bits in a session ID (default 256, at least 128).
+    id_bits: int
+    #: Persist the session on 5xx responses too (default False).
+    save_on_server_error: bool
+    #: ``"raise"`` (default): a store failure is an error; ``"empty"``: log it
+    #: and continue with an empty session that is not saved.
+    on_store_error: Literal["raise", "empty"]
+
+
+_SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+
+
+def _seconds(name: str, value: Seconds | None, *, allow_zero: bool = False) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(f"{name}={value!r}: give seconds (int or float) or a timedelta")
+    if seconds < 0 or (seconds == 0 and not allow_zero) or seconds != seconds:
+        raise ValueError(f"{name}={value!r}: must be greater than 0")
+    return seconds
+
+
+@dataclass(frozen=True)
+class Options:
+    """Validated settings shared by the middleware, sessions and admin tools.
+
+    Build it with :meth:`from_kwargs`; the keyword names are those of
+    :class:`~wsgi_kvsession.KVSessionMiddleware`.
+    """
+
+    cookie_name: str
+    cookie_path: str
+    cookie_domain: str | None
+    cookie_secure: bool
+    cookie_httponly: bool
+    cookie_samesite: str | None
+    cookie_partitioned: bool
+    idle_timeout: float | None
+    absolute_timeout: float | None
+    touch_interval: float
+    key_prefix: str
+    serializer: Serializer
+    ids: IdCodec
+    save_on_server_error: bool
+    on_store_error: Literal["raise", "empty"]
+
+    @classmethod
+    def from_kwargs(cls, **options: Unpack[SessionOptions]) -> Options:
+        """Check keyword options (see :class:`SessionOptions`) and build ``Options``."""
+        unknown = sorted(set(options) - set(SessionOptions.__annotations__))
+        if unknown:
+            hints = [
+                f"{name!r}"
+                + "".join(
+                    f" (did you mean {m!r}?)"
+                    for m in difflib.get_close_matches(name, SessionOptions.__annotations__, 1)
+                )
+                for name in unknown
+            ]
+            raise TypeError(f"unknown session option(s): {', '.join(hints)}")
+        cookie_name = options.get("cookie_name", "session")
+        cookie_path = options.get("cookie_path", "/")
+        cookie_domain = options.get("cookie_domain")
+        cookie_secure = options.get("cookie_secure", True)
+        cookie_httponly = options.get("cookie_httponly", True)
+        cookie_samesite = options.get("cookie_samesite", "Lax")
+        cookie_partitioned = options.get("cookie_partitioned", False)
+        idle_timeout = options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT)
+        absolute_timeout = options.get("absolute_timeout", DEFAULT_ABSOLUTE_TIMEOUT)
+        touch_interval = options.get("touch_interval")
+        key_prefix = options.get("key_prefix", "session:")
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix={key_prefix!r}: must be a str")
+        serializer = options.get("serializer")
+        on_store_error = options.get("on_store_error", "raise")
+        if not cookie_name or any(c in cookie_name for c in ' ;,="\t\r\n()<>@:\\/[]?{}'):
+            raise ValueError(f"cookie_name={cookie_name!r}: use a non-empty cookie token")
+        if not cookie_path.startswith("/"):
+            raise ValueError(f"cookie_path={cookie_path!r}: must start with '/'")
+        samesite = None
+        if cookie_samesite is not None:
+            samesite = _SAMESITE.get(str(cookie_samesite).lower())
+            if samesite is None:
+                raise ValueError(
+                    f"cookie_samesite={cookie_samesite!r}: use 'Lax', 'Strict', 'None' or None"
+                )
+            if samesite == "None" and not cookie_secure:
+                raise ValueError(
+                    "cookie_samesite='None' needs cookie_secure=True: browsers reject "
+                    "SameSite=None cookies without Secure"
+                )
+        if cookie_partitioned and not cookie_secure:
+            raise ValueError("cookie_partitioned=True needs cookie_secure=True (CHIPS)")
+        if cookie_name.startswith("__Host-") and (
+            not cookie_secure or cookie_domain is not None or cookie_path != "/"
+        ):
+            raise ValueError(
+                f"cookie_name={cookie_name!r}: a __Host- cookie needs cookie_secure=True, "
+                "cookie_domain=None and cookie_path='/'"
+            )
+        if cookie_name.startswith("__Secure-") and not cookie_secure:
+            raise ValueError(
+                f"cookie_name={cookie_name!r}: a __Secure- cookie needs cookie_secure=True"
+            )
+        idle = _seconds("idle_timeout", idle_timeout)
+        absolute = _seconds("absolute_timeout", absolute_timeout)
+        if idle is None and absolute is None:
+            raise ValueError(
+                "idle_timeout and absolute_timeout are both None: sessions would never "
+                "expire; set at least one of them"
+            )
+        touch = _seconds("touch_interval", touch_interval, allow_zero=True)
+        if touch is None:
+            touch = min(DEFAULT_MAX_TOUCH_INTERVAL, idle / 4) if idle else 0.0
+        elif idle is not None and touch >= idle:
+            raise ValueError(
+                f"touch_interval={touch_interval!r} must be shorter than "
+                f"idle_timeout={idle_timeout!r}, or sessions expire between touches"
+            )
+        if on_store_error not in ("raise", "empty"):
+            raise ValueError(f"on_store_error={on_store_error!r}: use 'raise' or 'empty'")
+        return cls(
+            cookie_name=cookie_name,
+            cookie_path=cookie_path,
+            cookie_domain=cookie_domain,
+            cookie_secure=bool(cookie_secure),
+            cookie_httponly=bool(cookie_httponly),
+            cookie_samesite=samesite,
+            cookie_partitioned=bool(cookie_partitioned),
+            idle_timeout=idle,
+            absolute_timeout=absolute,
+            touch_interval=touch,
+            key_prefix=key_prefix,
+            serializer=serializer if serializer is not None else TaggedJSONSerializer(),
+            ids=IdCodec(options.get("id_bits", 256), options.get("secret_key")),
+            save_on_server_error=bool(options.get("save_on_server_error", False)),
+            on_store_error=on_store_error,
+        )
+
+    def expires_at(self, created: float, now: float) -> float:
+        """The deadline of a session created at ``created`` and active at ``now``."""
+        deadlines = []
+        if self.idle_timeout is not None:
+            deadlines.append(now + self.idle_timeout)
+        if self.absolute_timeout is not None:
+            deadlines.append(created + self.absolute_timeout)
+        return min(deadlines)

@@ -1,0 +1,199 @@
+"""Turning session data into bytes and back, without pickle.
+
+The default, :class:`TaggedJSONSerializer`, writes JSON and keeps the Python
+types that web apps commonly put in a session by wrapping them in a one-key
+object whose key starts with a space (the scheme Flask's session serializer
+uses): ``{" t": [1, 2]}`` is the tuple ``(1, 2)``. A dictionary whose only key
+looks like a tag is itself wrapped, so no user data is ever mistaken for one.
+
+Decoding never runs code: bytes that are not a valid document of the
+serializer raise :class:`SerializationError` and the session is treated as
+absent (DESIGN.md rule 14).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+try:
+    from markupsafe import Markup
+except ImportError:  # pragma: no cover - markupsafe is optional
+    Markup = None  # type: ignore[assignment,misc]
+
+
+class SerializationError(ValueError):
+    """Data could not be encoded, or stored bytes could not be decoded."""
+
+
+class Serializer(Protocol):
+    """What the middleware needs of a serializer."""
+
+    #: Stored in each record, so bytes written by another serializer are
+    #: recognised as foreign rather than misread.
+    name: str
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+_Encoder = Callable[[Any], Any]
+
+
+def _tag_datetime(value: datetime.datetime) -> str:
+    return value.isoformat()
+
+
+_TAGS_OUT: dict[type, tuple[str, _Encoder]] = {
+    # Checked by exact type first, then by isinstance in this order; datetime
+    # before date because datetime is a subclass of date.
+    tuple: (" t", lambda v: [_tag(x) for x in v]),
+    set: (" s", lambda v: [_tag(x) for x in v]),
+    frozenset: (" fs", lambda v: [_tag(x) for x in v]),
+    bytes: (" b", lambda v: base64.b64encode(v).decode("ascii")),
+    uuid.UUID: (" u", lambda v: v.hex),
+    datetime.datetime: (" dt", _tag_datetime),
+    datetime.date: (" d", lambda v: v.isoformat()),
+    datetime.time: (" tm", lambda v: v.isoformat()),
+    decimal.Decimal: (" dec", str),
+}
+if Markup is not None:
+    _TAGS_OUT[Markup] = (" m", str)
+
+_TAGS_IN: dict[str, Callable[[Any], Any]] = {
+    " t": tuple,
+    " s": set,
+    " fs": frozenset,
+    " b": lambda v: base64.b64decode(v.encode("ascii"), validate=True),
+    " u": uuid.UUID,
+    " dt": datetime.datetime.fromisoformat,
+    " d": datetime.date.fromisoformat,
+    " tm": datetime.time.fromisoformat,
+    " dec": decimal.Decimal,
+    " di": lambda v: v,  # an escaped dict: its content is already decoded
+}
+if Markup is not None:
+    _TAGS_IN[" m"] = Markup
+
+
+def _tag(value: Any) -> Any:
+    """Return a JSON-compatible tree with the non-JSON types tagged."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    if kind is dict:
+        if not all(type(k) is str for k in value):
+            bad = next(k for k in value if type(k) is not str)
+            raise SerializationError(
+                f"session keys must be strings, got {type(bad).__name__} key {bad!r}"
+            )
+        tagged = {k: _tag(v) for k, v in value.items()}
+        if len(tagged) == 1 and next(iter(tagged)) in _TAGS_IN:
+            return {" di": tagged}
+        return tagged
+    if kind is list:
+        return [_tag(x) for x in value]
+    entry = _TAGS_OUT.get(kind)
+    if entry is None:
+        for cls, candidate in _TAGS_OUT.items():
+            if isinstance(value, cls):
+                entry = candidate
+                break
+        else:
+            if isinstance(value, (str, int, float)):  # str/int/float subclasses, e.g. enums
+                return value
+            if isinstance(value, dict):
+                return _tag(dict(value))
+            if isinstance(value, list):
+                return [_tag(x) for x in value]
+            raise SerializationError(
+                f"cannot store a {kind.__module__}.{kind.__qualname__} in the session: "
+                "use JSON types, or datetime, date, time, UUID, bytes, tuple, set, "
+                "Decimal or Markup"
+            )
+    tag, encode = entry
+    return {tag: encode(value)}
+
+
+def _untag(obj: dict[str, Any]) -> Any:
+    """``object_hook`` for :func:`json.loads`: rebuild tagged values."""
+    if len(obj) == 1:
+        key, value = next(iter(obj.items()))
+        decode = _TAGS_IN.get(key)
+        if decode is not None:
+            return decode(value)
+    return obj
+
+
+def _untag_tree(value: Any) -> Any:
+    """Rebuild tagged values in a tree decoded by something without object hooks."""
+    if type(value) is dict:
+        return _untag({k: _untag_tree(v) for k, v in value.items()})
+    if type(value) is list:
+        return [_untag_tree(x) for x in value]
+    return value
+
+
+class TaggedJSONSerializer:
+    """Compact JSON with tagged types (the default serializer)."""
+
+    name = "json"
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return json.dumps(
+                _tag(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, SerializationError):
+                raise
+            raise SerializationError(f"cannot encode the session as JSON: {exc}") from exc
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return json.loads(data, object_hook=_untag)
+        except (ValueError, TypeError, KeyError, AttributeError, decimal.InvalidOperation) as exc:
+            raise SerializationError(f"not a tagged-JSON session: {exc}") from exc
+
+
+class MsgpackSerializer:
+    """MessagePack through msgspec, with the same tagged types as JSON.
+
+    Smaller and faster to decode than JSON for large sessions; needs
+    ``pip install wsgi-kvsession[msgpack]``.
+    """
+
+    name = "msgpack"
+
+    def __init__(self) -> None:
+        try:
+            import msgspec
+        except ImportError as exc:
+            raise ImportError(
+                "MsgpackSerializer needs msgspec: pip install 'wsgi-kvsession[msgpack]'"
+            ) from exc
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder = msgspec.msgpack.Decoder()
+        self._errors: tuple[type[Exception], ...] = (
+            msgspec.DecodeError,
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            decimal.InvalidOperation,
+        )
+
+    def dumps(self, value: Any) -> bytes:
+        return self._encoder.encode(_tag(value))
+
+    def loads(self, data: bytes) -> Any:
+        try:
+            return _untag_tree(self._decoder.decode(data))
+        except self._errors as exc:
+            raise SerializationError(f"not a msgpack session: {exc}") from exc

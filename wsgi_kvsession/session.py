@@ -1,0 +1,526 @@
+"""The session: a lazily loaded mapping that knows what to write back.
+
+A :class:`Session` is created for every request but costs nothing until it is
+used: the cookie is parsed and the store read on the first access (rule 6).
+At the commit point the middleware calls :meth:`Session._commit`, which
+decides the single store operation the request needs (rules 7 to 9):
+
+============================  =========================================
+what the request did          what is written
+============================  =========================================
+never touched the session     nothing, no headers
+read it                       nothing; a touch when the idle deadline
+                              would move by ``touch_interval`` or more
+changed it (bytes differ)     one update, or one insert for a new session
+emptied it                    one delete, and the cookie is expired
+============================  =========================================
+
+Changes are found by comparing the freshly encoded data with the bytes that
+were loaded, so nested mutation (``session["cart"].append(x)``) is saved and
+an assignment of an equal value is not.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import random
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from . import envelope
+from .cookies import expired_cookie, request_cookie_values, session_cookie
+from .ids import log_id, store_key
+from .serializers import SerializationError
+from .stores.base import Record, Store, StoreError, Version
+
+if TYPE_CHECKING:
+    from .options import Options
+
+log = logging.getLogger(__name__)
+
+#: How often a save that lost a compare-and-set race re-reads and merges.
+MAX_MERGE_ATTEMPTS = 20
+#: How often a new session draws another ID when the store reports a collision.
+MAX_INSERT_ATTEMPTS = 5
+
+_MISSING = object()
+_NOT_LOADED = object()
+
+
+class Session(MutableMapping[str, Any]):
+    """The session of one request; get it with :func:`~wsgi_kvsession.get_session`.
+
+    Keys are strings; values are anything the configured serializer can
+    encode (by default JSON types plus datetime, date, time, UUID, bytes,
+    tuple, set, Decimal and Markup). Every way of reading the session, ``in``
+    and ``len`` included, loads it and marks it accessed.
+    """
+
+    def __init__(self, store: Store, options: Options, environ: dict[str, Any]) -> None:
+        self.store = store
+        self.options = options
+        self._environ = environ
+        self._loaded = False
+        self._accessed = False
+        self._data: dict[str, Any] = {}
+        #: The ID the session has now, or None while it has none.
+        self._sid: str | None = None
+        #: The record the current ID had when loaded; None for a new session.
+        self._record: Record | None = None
+        self._loaded_data = b""
+        self._created = 0.0
+        self._permanent = False
+        self._loaded_permanent = False
+        self._user_id: str | int | None = None
+        self._loaded_user_id: str | int | None = None
+        #: Set by ``modified = True``: write even when the bytes compare equal.
+        self._forced = False
+        self._request_had_cookie = False
+        #: A record was deleted by destroy() or regenerate() in this request.
+        self._deleted = False
+        self._store_failed = False
+        #: The encoded data as of the commit point (_MISSING before it), to
+        #: notice changes made after the headers left.
+        self._committed: bytes | object | None = _MISSING
+        self._late_change_logged = False
+
+    # -- loading ---------------------------------------------------------
+
+    def _load(self) -> None:
+        self._loaded = True
+        self._accessed = True
+        now = time.time()
+        self._created = now
+        values = request_cookie_values(self._environ, self.options.cookie_name)
+        if not values:
+            return
+        self._request_had_cookie = True
+        session_id = None
+        for value in values:
+            session_id = self.options.ids.decode(value)
+            if session_id is not None:
+                break
+        if session_id is None:
+            # Rule 2: never the value itself in the log, it may be a live ID.
+            log.info("rejected a malformed session cookie (%d value(s))", len(values))
+            return
+        try:
+            record = self.store.load(store_key(self.options.key_prefix, session_id))
+        except StoreError:
+            if self.options.on_store_error == "raise":
+                raise
+            log.exception("session store failed; continuing with an empty session")
+            self._store_failed = True
+            return
+        if record is None:
+            # Rule 3 (strict mode): the ID is never adopted; a write gets a new one.
+            log.info("unknown or expired session %s", log_id(session_id))
+            return
+        try:
+            stored = envelope.unpack(record.value)
+            if stored.serializer != self.options.serializer.name:
+                raise SerializationError(f"written by the {stored.serializer!r} serializer")
+            data = self.options.serializer.loads(stored.data)
+            if type(data) is not dict:
+                raise SerializationError("the session data is not a mapping")
+        except SerializationError as exc:
+            log.warning("ignoring unreadable session %s: %s", log_id(session_id), exc)
+            return
+        absolute = self.options.absolute_timeout
+        if record.expires_at <= now or (absolute is not None and stored.created + absolute <= now):
+            log.info("session %s expired", log_id(session_id))
+            return
+        self._sid = session_id
+        self._record = record
+        self._data = data
+        self._loaded_data = stored.data
+        self._created = stored.created
+        self._permanent = self._loaded_permanent = stored.permanent
+        self._user_id = self._loaded_user_id = stored.user_id
+
+    def _changing(self) -> None:
+        if not self._loaded:
+            self._load()
+        if self._committed is not _MISSING and not self._late_change_logged:
+            self._log_late_change()
+
+    def _log_late_change(self) -> None:
+        self._late_change_logged = True
+        log.warning(
+            "the session was changed after the response headers were sent; the change "
+            "is not saved (change the session before the response body starts)"
+        )
+
+    # -- the mapping -----------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        if not self._loaded:
+            self._load()
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._changing()
+        self._data[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self._changing()
+        del self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        if not self._loaded:
+            self._load()
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        if not self._loaded:
+            self._load()
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        if not self._loaded:
+            self._load()
+        return key in self._data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if not self._loaded:
+            self._load()
+        return self._data.get(key, default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if not self._loaded:
+            self._load()
+        if key in self._data:
+            return self._data[key]
+        self._changing()
+        return self._data.setdefault(key, default)
+
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        self._changing()
+        if default is _MISSING:
+            return self._data.pop(key)
+        return self._data.pop(key, default)
+
+    def clear(self) -> None:
+        self._changing()
+        self._data.clear()
+
+    def __repr__(self) -> str:
+        state = repr(self._data) if self._loaded else "(not loaded)"
+        return f"<{type(self).__name__} {state}>"
+
+    # -- attributes ------------------------------------------------------
+
+    @property
+    def id(self) -> str | None:
+        """The session ID, or None while the session has none (new and empty)."""
+        if not self._loaded:
+            self._load()
+        return self._sid
+
+    @property
+    def new(self) -> bool:
+        """True when no stored session backs this one (yet)."""
+        if not self._loaded:
+            self._load()
+        return self._record is None
+
+    @property
+    def accessed(self) -> bool:
+        """True once the session has been read or written in this request."""
+        return self._accessed
+
+    @property
+    def modified(self) -> bool:
+        """True when the session will be written back.
+
+        Setting it to True forces a write even when the data compares equal.
+        """
+        if self._forced:
+            return True
+        if not self._loaded:
+            return False
+        if self._permanent != self._loaded_permanent or self._user_id != self._loaded_user_id:
+            return True
+        encoded = self.options.serializer.dumps(self._data) if self._data else b""
+        return encoded != self._loaded_data
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        if value:
+            self._changing()
+        self._forced = bool(value)
+
+    @property
+    def created(self) -> datetime.datetime:
+        """When the session was first stored (aware, UTC)."""
+        if not self._loaded:
+            self._load()
+        return datetime.datetime.fromtimestamp(self._created, datetime.timezone.utc)
+
+    @property
+    def permanent(self) -> bool:
+        """A permanent session's cookie outlives the browser session (Max-Age);
+        either way the server enforces the timeouts."""
+        if not self._loaded:
+            self._load()
+        return self._permanent
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        if not self._loaded:
+            self._load()
+        if bool(value) != self._permanent:
+            self._changing()
+            self._permanent = bool(value)
+
+    @property
+    def user_id(self) -> str | int | None:
+        """The user this session belongs to, for listing and revoking a user's
+        sessions; None (the default) for an anonymous session."""
+        if not self._loaded:
+            self._load()
+        return self._user_id
+
+    @user_id.setter
+    def user_id(self, value: str | int | None) -> None:
+        if value is not None and (type(value) is not str and type(value) is not int):
+            raise TypeError(f"user_id must be a str, an int or None, not {type(value).__name__}")
+        if not self._loaded:
+            self._load()
+        if value != self._user_id:
+            self._changing()
+            self._user_id = value
+
+    # -- lifecycle -------------------------------------------------------
+
+    def _key(self, session_id: str) -> str:
+        return store_key(self.options.key_prefix, session_id)
+
+    def regenerate(self) -> None:
+        """Give the session a new ID, keeping its data.
+
+        Call it when the user logs in or gains privileges, so that an ID an
+        attacker planted or saw before cannot ride along (session fixation).
+        The old record is deleted at once; the data is stored under the new ID
+        when the response starts. The creation time is kept, so regenerating
+        never extends the absolute timeout.
+        """
+        if not self._loaded:
+            self._load()
+        if self._record is not None and self._sid is not None:
+            self.store.delete(self._key(self._sid))
+            self._deleted = True
+            log.info("session %s regenerated", log_id(self._sid))
+        self._record = None
+        self._sid = self.options.ids.new_id()
+        self._changing()
+
+    def destroy(self) -> None:
+        """Delete the session: its record at once, its cookie with the response.
+
+        A request of the same session still in flight cannot write it back
+        (rule 10). Data set after ``destroy()`` starts a new session.
+        """
+        if not self._loaded:
+            self._load()
+        if self._record is not None and self._sid is not None:
+            self.store.delete(self._key(self._sid))
+            self._deleted = True
+            log.info("session %s destroyed", log_id(self._sid))
+        self._changing()
+        self._data.clear()
+        self._record = None
+        self._sid = None
+        self._created = time.time()
+        self._permanent = self._loaded_permanent = False
+        self._user_id = self._loaded_user_id = None
+
+    # -- the commit point (called by the middleware) --------------------
+
+    def _cookie_max_age(self, expires_at: float, now: float) -> int | None:
+        if not self._permanent:
+            return None
+        return max(1, int(expires_at - now))
+
+    def _commit(self, status_code: int) -> tuple[str | None, bool]:
+        """Persist the session; return ``(Set-Cookie value or None, vary)``."""
+        if not self._accessed:
+            self._committed = _NOT_LOADED
+            return None, False  # rule 6
+        data = self.options.serializer.dumps(self._data) if self._data else None
+        self._committed = data
+        if self._store_failed:
+            return None, True
+        if status_code >= 500 and not self.options.save_on_server_error:
+            return None, True  # rule 12
+        try:
+            return self._persist(data, time.time()), True
+        except StoreError:
+            if self.options.on_store_error == "raise":
+                raise
+            log.exception("session store failed; the session was not saved")
+            return None, True
+
+    def _persist(self, data: bytes | None, now: float) -> str | None:
+        options = self.options
+        record, session_id = self._record, self._sid
+        if record is None or session_id is None:
+            if data is None:
+                # Rule 7: a new session left empty has no record and no cookie;
+                # one this request deleted has its cookie removed.
+                return expired_cookie(options) if self._deleted else None
+            session_id = self._insert(data, now)
+            if session_id is None:
+                return expired_cookie(options) if self._request_had_cookie else None
+            expires_at = options.expires_at(self._created, now)
+            return session_cookie(
+                options, options.ids.encode(session_id), self._cookie_max_age(expires_at, now)
+            )
+        key = self._key(session_id)
+        if data is None:
+            self.store.delete(key)
+            log.info("session %s emptied and deleted", log_id(session_id))
+            return expired_cookie(options)
+        permanent_changed = self._permanent != self._loaded_permanent
+        if (
+            self._forced
+            or permanent_changed
+            or self._user_id != self._loaded_user_id
+            or data != self._loaded_data
+        ):
+            expires_at = options.expires_at(self._created, now)
+            saved = self._update(key, record.version, data, expires_at, now)
+            if saved is None:
+                return None
+            if not saved:
+                return expired_cookie(options)
+            if self._permanent or permanent_changed:
+                return session_cookie(
+                    options, options.ids.encode(session_id), self._cookie_max_age(expires_at, now)
+                )
+            return None
+        # Read only: slide the idle deadline, at most once per touch_interval.
+        expires_at = options.expires_at(self._created, now)
+        moved = expires_at - record.expires_at
+        if (
+            moved > 0
+            and moved >= options.touch_interval
+            and self.store.touch(key, expires_at)
+            and self._permanent
+        ):
+            # A permanent cookie's Max-Age slides with the server's deadline.
+            return session_cookie(
+                options, options.ids.encode(session_id), self._cookie_max_age(expires_at, now)
+            )
+        return None
+
+    def _pack(self, data: bytes, now: float) -> bytes:
+        return envelope.pack(
+            envelope.Envelope(
+                created=self._created,
+                written=now,
+                permanent=self._permanent,
+                user_id=self._user_id,
+                serializer=self.options.serializer.name,
+                data=data,
+            )
+        )
+
+    def _insert(self, data: bytes, now: float) -> str | None:
+        """Store a new record under a fresh ID; return the ID, or None when the
+        absolute timeout has already run out."""
+        expires_at = self.options.expires_at(self._created, now)
+        if expires_at <= now:
+            log.info("session not stored: its absolute timeout has passed")
+            return None
+        value = self._pack(data, now)
+        for _ in range(MAX_INSERT_ATTEMPTS):
+            session_id = self._sid or self.options.ids.new_id()
+            if self.store.insert(self._key(session_id), value, expires_at):
+                self._sid = session_id
+                log.info("session %s created", log_id(session_id))
+                return session_id
+            # Insert-if-absent refused: the ID is taken. Never share a record.
+            log.warning("session ID collision in %r; drawing another ID", self.store)
+            self._sid = None
+        raise StoreError(f"{self.store!r}: no free session ID after {MAX_INSERT_ATTEMPTS} attempts")
+
+    def _update(
+        self, key: str, version: Version, data: bytes, expires_at: float, now: float
+    ) -> bool | None:
+        """Write changed data over the loaded record (rules 10 and 11).
+
+        Returns True when saved, None when the record vanished meanwhile (it
+        stays gone), False when a merge emptied the session (record deleted).
+        """
+        if self.store.update(key, self._pack(data, now), expires_at, version):
+            return True
+        # Another request wrote (or deleted) the record since we read it.
+        loaded = self.options.serializer.loads(self._loaded_data) if self._loaded_data else {}
+        for attempt in range(MAX_MERGE_ATTEMPTS):
+            current = self.store.load(key)
+            if current is None:
+                log.warning(
+                    "session %s was destroyed or expired while this request ran; "
+                    "its changes are dropped, not written back",
+                    log_id(self._sid or ""),
+                )
+                return None
+            try:
+                theirs = envelope.unpack(current.value)
+                their_data = self.options.serializer.loads(theirs.data)
+            except SerializationError as exc:
+                log.warning("session %s became unreadable: %s", log_id(self._sid or ""), exc)
+                return None
+            merged = self._merge(loaded, their_data)
+            if self._permanent == self._loaded_permanent:
+                self._permanent = theirs.permanent
+            if self._user_id == self._loaded_user_id:
+                self._user_id = theirs.user_id
+            if not merged:
+                self.store.delete(key)
+                self._data = merged
+                self._committed = None
+                return False
+            data = self.options.serializer.dumps(merged)
+            if self.store.update(key, self._pack(data, now), expires_at, current.version):
+                self._data = merged
+                self._committed = data
+                return True
+            # Lost again: back off a little so the racers spread out.
+            time.sleep(random.uniform(0, 0.001 * (attempt + 1)))  # noqa: S311 - jitter
+        raise StoreError(
+            f"{self.store!r}: could not save the session after {MAX_MERGE_ATTEMPTS} "
+            "concurrent changes"
+        )
+
+    def _merge(self, loaded: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+        """Apply this request's key-level changes to the newer stored data.
+
+        A key this request set or changed takes this request's value (so for
+        the same key the last writer wins); a key it deleted is deleted; every
+        other key keeps the newer stored value.
+        """
+        dumps = self.options.serializer.dumps
+        merged = dict(theirs)
+        for key, value in self._data.items():
+            if key not in loaded or dumps(loaded[key]) != dumps(value):
+                merged[key] = value
+        for key in loaded:
+            if key not in self._data:
+                merged.pop(key, None)
+        return merged
+
+    def _after_response(self) -> None:
+        """Called when the response is finished: report changes made too late
+        (nested mutations included, which no setter sees)."""
+        if self._committed is _MISSING or not self._loaded or self._late_change_logged:
+            return
+        baseline = self._committed
+        if baseline is _NOT_LOADED:  # first loaded after the commit point
+            baseline = self._loaded_data or None
+        data = self.options.serializer.dumps(self._data) if self._data else None
+        if data != baseline:
+            self._log_late_change()

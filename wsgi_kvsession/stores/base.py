@@ -1,0 +1,113 @@
+"""The one small protocol every session store implements.
+
+A store keeps opaque ``bytes`` under string keys, each with an absolute expiry
+time. It never sees a session ID (only ``key_prefix + sha256(id)``), never
+decodes the bytes and knows nothing about cookies or requests: everything a
+session *means* lives in :mod:`wsgi_kvsession.session`. That keeps a backend to
+a handful of methods, which one shared contract test suite checks.
+
+Writes are split by intent, because that is what makes sessions safe under
+concurrency (DESIGN.md rules 10 and 11):
+
+* :meth:`Store.insert` creates a record only if the key is absent, so two new
+  sessions can never share a record.
+* :meth:`Store.update` rewrites a record only if it still exists (and, when a
+  ``version`` is given, only if nobody wrote it since it was read), so a request
+  still in flight cannot bring back a session that another request destroyed.
+* :meth:`Store.touch` moves the expiry without rewriting the data, so sliding the
+  idle timeout cannot roll back another request's change.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+#: An opaque token that changes every time a record's value is written. Stores
+#: choose its type (a counter, a hash of the value, a CAS token).
+Version = int | str | bytes
+
+
+class StoreError(Exception):
+    """A store could not be reached or did not answer as it must.
+
+    The message names the store (for example ``RedisStore(redis://:***@host/0)``)
+    and never contains a password or a session ID.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """What a store returns for a live key."""
+
+    value: bytes
+    #: Unix time after which the record no longer exists.
+    expires_at: float
+    #: The token to pass to :meth:`Store.update` for a compare-and-set.
+    version: Version
+
+
+class Store(abc.ABC):
+    """Base class of every session store.
+
+    Implementations must be safe to call from several threads at once, and
+    ``expires_at`` must be honoured on every read: a record whose ``expires_at``
+    is not in the future is absent for every method, whether or not the backend
+    has already removed it.
+    """
+
+    #: Whether :meth:`update` honours ``version`` atomically. Stores without a
+    #: compare-and-set still never resurrect a record, but parallel changes to
+    #: different keys of one session may then overwrite each other.
+    supports_versioning: bool = True
+
+    @abc.abstractmethod
+    def load(self, key: str) -> Record | None:
+        """Return the live record under ``key``, or ``None``."""
+
+    @abc.abstractmethod
+    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+        """Create a record if ``key`` holds no live record.
+
+        Returns ``False``, changing nothing, when a live record exists.
+        """
+
+    @abc.abstractmethod
+    def update(
+        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+    ) -> bool:
+        """Replace a live record's value and expiry.
+
+        Returns ``False``, changing nothing, when there is no live record, or
+        when ``version`` is given and the record's version differs from it.
+        """
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the record under ``key``; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def touch(self, key: str, expires_at: float) -> bool:
+        """Set a live record's expiry without changing its value or version.
+
+        Returns ``False`` when there is no live record.
+        """
+
+    def iter_records(self) -> Iterator[tuple[str, Record]]:
+        """Yield ``(key, record)`` for every live record.
+
+        Optional: stores that cannot list their keys raise ``NotImplementedError``
+        with a message saying so.
+        """
+        raise NotImplementedError(f"{self!r} cannot list its records")
+
+    def cleanup(self) -> int:
+        """Remove expired records and return how many were removed.
+
+        Stores whose backend expires keys by itself return 0.
+        """
+        return 0
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release connections or file handles; the store may be used again."""

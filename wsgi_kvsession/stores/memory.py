@@ -1,0 +1,118 @@
+"""An in-process store: for tests, development and single-process servers."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from .base import Record, Store, Version
+
+log = logging.getLogger(__name__)
+
+
+class MemoryStore(Store):
+    """Keeps records in a dictionary guarded by one lock.
+
+    Each process has its own copy, so under a server with several worker
+    processes a session exists only in the worker that created it: use a
+    shared store (SQLite, files, Redis, SQL) there.
+
+    The store is bounded by ``max_entries``. When it is full, expired records
+    are dropped first and then the least recently written ones, so an attacker
+    who opens many sessions cannot exhaust memory, at the price of evicting
+    live sessions; a warning is logged when that happens.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        if max_entries < 1:
+            raise ValueError(f"MemoryStore(max_entries={max_entries!r}): must be at least 1")
+        self.max_entries = max_entries
+        self._records: OrderedDict[str, Record] = OrderedDict()
+        self._lock = threading.Lock()
+        self._versions = itertools.count(1)
+
+    def __repr__(self) -> str:
+        return f"MemoryStore(max_entries={self.max_entries})"
+
+    def _live(self, key: str, now: float) -> Record | None:
+        record = self._records.get(key)
+        if record is not None and record.expires_at <= now:
+            del self._records[key]
+            return None
+        return record
+
+    def _write(self, key: str, value: bytes, expires_at: float, version: Version) -> None:
+        self._records[key] = Record(value, expires_at, version)
+        # Least recently written last-out: a write moves the key to the end.
+        self._records.move_to_end(key)
+        if len(self._records) > self.max_entries:
+            self._evict()
+
+    def _evict(self) -> None:
+        now = time.time()
+        for key in [k for k, r in self._records.items() if r.expires_at <= now]:
+            del self._records[key]
+        evicted = 0
+        while len(self._records) > self.max_entries:
+            self._records.popitem(last=False)
+            evicted += 1
+        if evicted:
+            log.warning(
+                "MemoryStore is full (max_entries=%d): evicted %d live session(s); "
+                "raise max_entries or use a persistent store",
+                self.max_entries,
+                evicted,
+            )
+
+    def load(self, key: str) -> Record | None:
+        with self._lock:
+            return self._live(key, time.time())
+
+    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+        with self._lock:
+            if self._live(key, time.time()) is not None:
+                return False
+            self._write(key, value, expires_at, next(self._versions))
+            return True
+
+    def update(
+        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+    ) -> bool:
+        with self._lock:
+            current = self._live(key, time.time())
+            if current is None or (version is not None and current.version != version):
+                return False
+            self._write(key, value, expires_at, next(self._versions))
+            return True
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._records.pop(key, None)
+
+    def touch(self, key: str, expires_at: float) -> bool:
+        with self._lock:
+            current = self._live(key, time.time())
+            if current is None:
+                return False
+            self._records[key] = Record(current.value, expires_at, current.version)
+            return True
+
+    def iter_records(self) -> Iterator[tuple[str, Record]]:
+        now = time.time()
+        with self._lock:
+            snapshot = list(self._records.items())
+        for key, record in snapshot:
+            if record.expires_at > now:
+                yield key, record
+
+    def cleanup(self) -> int:
+        now = time.time()
+        with self._lock:
+            expired = [k for k, r in self._records.items() if r.expires_at <= now]
+            for key in expired:
+                del self._records[key]
+        return len(expired)
