@@ -30,7 +30,13 @@ def request_cookie_values(environ: dict[str, object], name: str) -> list[str]:
     header = environ.get("HTTP_COOKIE")
     if not isinstance(header, str) or name not in header:
         return []
-    return parse_cookie(header).getlist(name)
+    try:
+        return parse_cookie(header).getlist(name)
+    except UnicodeError:
+        # Werkzeug decodes the header as UTF-8 and raises on anything else. A
+        # session ID is ASCII, so "?" (outside its alphabet) can stand in for
+        # every other character: the value then fails the format check.
+        return parse_cookie(header.encode("ascii", "replace").decode("ascii")).getlist(name)
 
 
 def session_cookie(options: Options, value: str, max_age: int | None) -> str:

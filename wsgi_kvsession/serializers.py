@@ -76,7 +76,7 @@ _TAGS_IN: dict[str, Callable[[Any], Any]] = {
     " d": datetime.date.fromisoformat,
     " tm": datetime.time.fromisoformat,
     " dec": decimal.Decimal,
-    " di": lambda v: v,  # an escaped dict: its content is already decoded
+    " di": lambda v: {k[:-2]: x for k, x in v.items()},  # an escaped one-key dict
 }
 if Markup is not None:
     _TAGS_IN[" m"] = Markup
@@ -94,8 +94,12 @@ def _tag(value: Any) -> Any:
                 f"session keys must be strings, got {type(bad).__name__} key {bad!r}"
             )
         tagged = {k: _tag(v) for k, v in value.items()}
-        if len(tagged) == 1 and next(iter(tagged)) in _TAGS_IN:
-            return {" di": tagged}
+        if len(tagged) == 1:
+            ((key, item),) = tagged.items()
+            if key in _TAGS_IN:
+                # Decoding runs inside out, so the escaped key must not look
+                # like a tag itself: " t" travels as " t__" (as in Flask).
+                return {" di": {key + "__": item}}
         return tagged
     if kind is list:
         return [_tag(x) for x in value]
@@ -147,18 +151,24 @@ class TaggedJSONSerializer:
 
     def dumps(self, value: Any) -> bytes:
         try:
-            return json.dumps(
-                _tag(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            ).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, SerializationError):
-                raise
+            # ensure_ascii: any str, lone surrogates included, survives the trip.
+            return json.dumps(_tag(value), separators=(",", ":"), allow_nan=False).encode("ascii")
+        except SerializationError:
+            raise
+        except (TypeError, ValueError, RecursionError) as exc:
             raise SerializationError(f"cannot encode the session as JSON: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
         try:
             return json.loads(data, object_hook=_untag)
-        except (ValueError, TypeError, KeyError, AttributeError, decimal.InvalidOperation) as exc:
+        except (
+            ValueError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            RecursionError,
+            decimal.InvalidOperation,
+        ) as exc:
             raise SerializationError(f"not a tagged-JSON session: {exc}") from exc
 
 
@@ -186,11 +196,18 @@ class MsgpackSerializer:
             TypeError,
             KeyError,
             AttributeError,
+            RecursionError,
             decimal.InvalidOperation,
         )
 
     def dumps(self, value: Any) -> bytes:
-        return self._encoder.encode(_tag(value))
+        try:
+            return self._encoder.encode(_tag(value))
+        except SerializationError:
+            raise
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # OverflowError: msgpack integers are limited to 64 bits.
+            raise SerializationError(f"cannot encode the session as msgpack: {exc}") from exc
 
     def loads(self, data: bytes) -> Any:
         try:

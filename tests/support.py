@@ -1,0 +1,97 @@
+"""Test helpers shared by the test modules: a call-counting store and a tiny app."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from werkzeug.test import Client, TestResponse
+from werkzeug.wrappers import Request, Response
+
+from wsgi_kvsession import KVSessionMiddleware, Session, get_session
+from wsgi_kvsession.stores.base import Record, Store, Version
+
+
+class CountingStore(Store):
+    """Wraps a store and records every call as ``(method, key)``."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.calls: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self.supports_versioning = inner.supports_versioning
+
+    def __repr__(self) -> str:
+        return f"CountingStore({self.inner!r})"
+
+    def _note(self, method: str, key: str) -> None:
+        with self._lock:
+            self.calls.append((method, key))
+
+    def methods(self) -> list[str]:
+        return [m for m, _ in self.calls]
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+
+    def load(self, key: str) -> Record | None:
+        self._note("load", key)
+        return self.inner.load(key)
+
+    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+        self._note("insert", key)
+        return self.inner.insert(key, value, expires_at)
+
+    def update(
+        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+    ) -> bool:
+        self._note("update", key)
+        return self.inner.update(key, value, expires_at, version)
+
+    def delete(self, key: str) -> None:
+        self._note("delete", key)
+        self.inner.delete(key)
+
+    def touch(self, key: str, expires_at: float) -> bool:
+        self._note("touch", key)
+        return self.inner.touch(key, expires_at)
+
+    def iter_records(self) -> Iterator[tuple[str, Record]]:
+        return self.inner.iter_records()
+
+    def cleanup(self) -> int:
+        return self.inner.cleanup()
+
+
+Handler = Callable[[Session, Request], Any]
+
+
+def session_app(handler: Handler) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
+    """A WSGI app that calls ``handler(session, request)`` and returns its
+    result (``None`` → ``"ok"``) as text, or a Response as is."""
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        request = Request(environ)
+        result = handler(get_session(environ), request)
+        if isinstance(result, Response):
+            return result(environ, start_response)
+        return Response("ok" if result is None else str(result))(environ, start_response)
+
+    return app
+
+
+def client_for(handler: Handler, store: Store, **options: Any) -> Client:
+    """A Werkzeug test client for ``session_app(handler)`` behind the middleware.
+
+    ``cookie_secure`` defaults to False here because the test client talks
+    plain http:// and would not send a Secure cookie back.
+    """
+    options.setdefault("cookie_secure", False)
+    return Client(KVSessionMiddleware(session_app(handler), store, **options))
+
+
+def set_cookies(response: TestResponse, name: str = "session") -> list[str]:
+    """The Set-Cookie headers of ``response`` for cookie ``name``."""
+    return [v for v in response.headers.getlist("Set-Cookie") if v.startswith(name + "=")]
