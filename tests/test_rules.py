@@ -907,3 +907,37 @@ def test_rule_15_envelope_carries_created_written_and_permanent(memory_store: Me
     assert stored.permanent is True
     assert stored.serializer == "json"
     assert record.expires_at > time.time()
+
+
+def test_rule_05_partitioned_host_prefixed_cookie(memory_store: MemoryStore) -> None:
+    app = KVSessionMiddleware(
+        session_app(_set("a", 1)),
+        memory_store,
+        cookie_name="__Host-sid",
+        cookie_partitioned=True,
+        cookie_samesite="Strict",
+    )
+    response = Client(app).get("/", base_url="https://localhost")
+    (cookie,) = set_cookies(response, "__Host-sid")
+    for attribute in ("Secure", "HttpOnly", "Partitioned", "SameSite=Strict", "Path=/"):
+        assert attribute in cookie
+    assert "Domain" not in cookie
+
+
+def test_rule_05_expired_cookie_keeps_the_attributes_it_was_set_with(
+    memory_store: MemoryStore,
+) -> None:
+    options = {"cookie_domain": "example.com", "cookie_path": "/app", "cookie_secure": True}
+    app = KVSessionMiddleware(session_app(_routes), memory_store, **options)
+    client = Client(app)
+    (set_cookie,) = set_cookies(client.get("/set?a=1", base_url="https://www.example.com"))
+    value = set_cookie.split(";")[0].split("=", 1)[1]
+    browser = Client(app, use_cookies=False)
+    response = browser.get(
+        "/destroy", base_url="https://www.example.com", headers={"Cookie": f"session={value}"}
+    )
+    (cleared,) = set_cookies(response)
+    for attribute in ("Domain=example.com", "Path=/app", "Secure", "HttpOnly", "SameSite=Lax"):
+        assert attribute in cleared
+        assert attribute in set_cookie
+    assert "Max-Age=0" in cleared
