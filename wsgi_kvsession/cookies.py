@@ -30,6 +30,16 @@ def request_cookie_values(environ: dict[str, object], name: str) -> list[str]:
     header = environ.get("HTTP_COOKIE")
     if not isinstance(header, str) or name not in header:
         return []
+    if '"' not in header and "\\" not in header:
+        # No quoting or escapes: plain "name=value; ..." pairs, which is what
+        # browsers send, so a split finds the values Werkzeug would (and
+        # saves it parsing every other cookie on every request).
+        values = []
+        for pair in header.split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip() == name:
+                values.append(value.strip())
+        return values
     try:
         return parse_cookie(header).getlist(name)
     except UnicodeError:
@@ -98,7 +108,9 @@ def finish_headers(
             vary_values.append(value)
             continue
         result.append((key, value))
-    if vary:
+    if vary and not vary_values:
+        result.append(("Vary", "Cookie"))
+    elif vary:
         merged = parse_set_header(", ".join(vary_values))
         if "*" not in merged and "cookie" not in merged:
             merged.add("Cookie")

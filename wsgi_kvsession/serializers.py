@@ -160,6 +160,10 @@ class TaggedJSONSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
+            if b'{" ' not in data:
+                # No key starts with a space, so nothing is tagged: skip the
+                # per-object hook. (A '{"' inside a string is escaped as '{\\"'.)
+                return json.loads(data)
             return json.loads(data, object_hook=_untag)
         except (
             ValueError,

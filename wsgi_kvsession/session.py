@@ -46,6 +46,9 @@ MAX_MERGE_ATTEMPTS = 20
 MAX_INSERT_ATTEMPTS = 5
 
 _MISSING = object()
+#: Values that cannot change in place: a session holding only these cannot have
+#: been modified without a setter, so its bytes need no re-encoding to compare.
+_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 _NOT_LOADED = object()
 
 
@@ -77,6 +80,8 @@ class Session(MutableMapping[str, Any]):
         self._loaded_user_id: str | int | None = None
         #: Set by ``modified = True``: write even when the bytes compare equal.
         self._forced = False
+        #: A mutating method ran (it may still have left equal bytes).
+        self._mutated = False
         self._request_had_cookie = False
         #: A record was deleted by destroy() or regenerate() in this request.
         self._deleted = False
@@ -143,6 +148,7 @@ class Session(MutableMapping[str, Any]):
     def _changing(self) -> None:
         if not self._loaded:
             self._load()
+        self._mutated = True
         if self._committed is not _MISSING and not self._late_change_logged:
             self._log_late_change()
 
@@ -243,8 +249,7 @@ class Session(MutableMapping[str, Any]):
             return False
         if self._permanent != self._loaded_permanent or self._user_id != self._loaded_user_id:
             return True
-        encoded = self.options.serializer.dumps(self._data) if self._data else b""
-        return encoded != self._loaded_data
+        return (self._encoded_data() or b"") != self._loaded_data
 
     @modified.setter
     def modified(self, value: bool) -> None:
@@ -339,6 +344,18 @@ class Session(MutableMapping[str, Any]):
 
     # -- the commit point (called by the middleware) --------------------
 
+    def _encoded_data(self) -> bytes | None:
+        """The data as the serializer writes it (None when empty)."""
+        if not self._data:
+            return None
+        if (
+            not self._mutated
+            and self._loaded_data
+            and all(type(v) in _IMMUTABLE for v in self._data.values())
+        ):
+            return self._loaded_data  # unchanged by construction: skip the encode
+        return self.options.serializer.dumps(self._data)
+
     def _cookie_max_age(self, expires_at: float, now: float) -> int | None:
         if not self._permanent:
             return None
@@ -349,7 +366,7 @@ class Session(MutableMapping[str, Any]):
         if not self._accessed:
             self._committed = _NOT_LOADED
             return None, False  # rule 6
-        data = self.options.serializer.dumps(self._data) if self._data else None
+        data = self._encoded_data()
         self._committed = data
         if self._store_failed:
             return None, True
@@ -521,6 +538,6 @@ class Session(MutableMapping[str, Any]):
         baseline = self._committed
         if baseline is _NOT_LOADED:  # first loaded after the commit point
             baseline = self._loaded_data or None
-        data = self.options.serializer.dumps(self._data) if self._data else None
+        data = self._encoded_data()
         if data != baseline:
             self._log_late_change()
