@@ -23,9 +23,10 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-# File layout: magic, expiry (unix time, float64), version (uint64), then the value.
-_MAGIC = b"KVS1"
-_HEADER = struct.Struct(">4sdQ")
+# File layout: magic, expiry (unix time, float64), version (uint64), value length
+# (uint64), then the value. The length tells a complete file from a cut-off one.
+_MAGIC = b"KVF1"
+_HEADER = struct.Struct(">4sdQQ")
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _LOCK_STRIPES = 64
 _STALE_TEMP_SECONDS = 3600.0
@@ -76,7 +77,9 @@ class FileStore(Store):
     def _ensure_dirs(self) -> None:
         if not self._ready:
             try:
-                self._lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # Private: the files hold other users' sessions.
+                self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._lock_dir.mkdir(mode=0o700, exist_ok=True)
             except OSError as exc:
                 raise self._error("create the directory", exc) from exc
             self._ready = True
@@ -103,12 +106,12 @@ class FileStore(Store):
             return None
         except OSError as exc:
             raise self._error("read a session file", exc) from exc
-        if len(blob) < _HEADER.size:
-            log.warning("%r: ignoring a truncated file %s", self, path.name)
-            return None
-        magic, expires_at, version = _HEADER.unpack_from(blob)
-        if magic != _MAGIC:
+        if len(blob) < _HEADER.size or blob[:4] != _MAGIC:
             log.warning("%r: ignoring a file that is not a session record: %s", self, path.name)
+            return None
+        _, expires_at, version, length = _HEADER.unpack_from(blob)
+        if len(blob) != _HEADER.size + length:
+            log.warning("%r: ignoring a truncated session file %s", self, path.name)
             return None
         if expires_at <= now:
             return None
@@ -119,7 +122,7 @@ class FileStore(Store):
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                os.write(fd, _HEADER.pack(_MAGIC, expires_at, version) + value)
+                os.write(fd, _HEADER.pack(_MAGIC, expires_at, version, len(value)) + value)
                 if self.fsync:
                     os.fsync(fd)
             finally:
@@ -140,7 +143,9 @@ class FileStore(Store):
         with self._locked(key):
             if self._read(path, time.time()) is not None:
                 return False
-            self._write(path, value, expires_at, 1)
+            # A random first version: a record deleted and created again under
+            # the same key never repeats a version an old reader holds.
+            self._write(path, value, expires_at, secrets.randbits(62))
             return True
 
     def update(
@@ -174,9 +179,12 @@ class FileStore(Store):
             return True
 
     def _entries(self) -> Iterator[os.DirEntry[str]]:
+        """The directory's regular files that may be records (not ours: ".*")."""
         try:
             with os.scandir(self.directory) as entries:
-                yield from entries
+                for entry in entries:
+                    if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
+                        yield entry
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -185,8 +193,6 @@ class FileStore(Store):
     def iter_records(self) -> Iterator[tuple[str, Record]]:
         now = time.time()
         for entry in self._entries():
-            if entry.name.startswith("."):
-                continue
             record = self._read(Path(entry.path), now)
             if record is not None:
                 yield unquote(entry.name), record
@@ -194,17 +200,12 @@ class FileStore(Store):
     def cleanup(self) -> int:
         now = time.time()
         removed = 0
+        self._remove_stale_temp_files(now)
         for entry in list(self._entries()):
-            path = Path(entry.path)
-            if entry.name.startswith(".tmp-"):
-                # Left behind by a process killed mid-write.
-                with contextlib.suppress(OSError):
-                    if entry.stat().st_mtime < now - _STALE_TEMP_SECONDS:
-                        path.unlink()
-                continue
-            if entry.name.startswith("."):
-                continue
             key = unquote(entry.name)
+            if _file_name(key) != entry.name:
+                continue  # not a name this store writes: not ours
+            path = Path(entry.path)
             with self._locked(key):
                 try:
                     with open(path, "rb") as f:
@@ -213,15 +214,27 @@ class FileStore(Store):
                     continue
                 except OSError as exc:
                     raise self._error("read a session file", exc) from exc
-                if len(header) >= _HEADER.size:
-                    magic, expires_at, _ = _HEADER.unpack(header)
-                    if magic != _MAGIC:
-                        continue  # not ours: leave it alone
-                    expired = expires_at <= now
-                else:
-                    expired = True  # a truncated record is unreadable anyway
-                if expired:
+                if header[:4] != _MAGIC:
+                    continue  # not a record of ours: leave it alone
+                # A record of ours cut short is unreadable anyway: remove it.
+                if len(header) < _HEADER.size or _HEADER.unpack(header)[1] <= now:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
                     removed += 1
         return removed
+
+    def _remove_stale_temp_files(self, now: float) -> None:
+        """Remove temporary files left behind by a process killed mid-write."""
+        try:
+            with os.scandir(self.directory) as entries:
+                stale = [
+                    e.path
+                    for e in entries
+                    if e.name.startswith(".tmp-")
+                    and e.stat(follow_symlinks=False).st_mtime < now - _STALE_TEMP_SECONDS
+                ]
+        except OSError:
+            return
+        for path in stale:
+            with contextlib.suppress(OSError):
+                os.unlink(path)

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
 from .base import Record, Store, StoreError, Version
+
+
+class _Connection(sqlite3.Connection):
+    """A connection that can be weakly referenced (the base class cannot)."""
+
 
 _TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -33,9 +40,10 @@ class SQLiteStore(Store):
         table: str = "kvsession",
         timeout: float = 5.0,
     ) -> None:
-        if not _TABLE_NAME.fullmatch(table):
+        if not _TABLE_NAME.fullmatch(table) or table.lower().startswith("sqlite_"):
             raise ValueError(
-                f"SQLiteStore(table={table!r}): use letters, digits and underscores only"
+                f"SQLiteStore(table={table!r}): use letters, digits and underscores, "
+                "not starting with 'sqlite_' (reserved by SQLite)"
             )
         path_str = os.fspath(path)
         if path_str in ("", ":memory:") or path_str.startswith("file::memory:"):
@@ -46,21 +54,36 @@ class SQLiteStore(Store):
         self.path = Path(path_str).absolute()
         self.table = table
         self.timeout = timeout
+        # Quoted, so that names SQLite reserves as keywords (order, group) work.
+        self._t = f'"{table}"'
         self._local = threading.local()
         self._schema_ready = False
-        self._schema_lock = threading.Lock()
+        self._lock = threading.Lock()
+        #: Every open connection, so that close() reaches other threads' too;
+        #: weak, so a connection goes away with the thread that opened it.
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        #: Bumped by close(): a thread holding an older connection reopens.
+        self._generation = 0
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r}, table={self.table!r})"
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None and self._local.pid == os.getpid():
+        if (
+            conn is not None
+            and self._local.pid == os.getpid()
+            and self._local.generation == self._generation
+        ):
             return conn
         try:
             # isolation_level=None: autocommit, each statement its own transaction.
             conn = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=self.timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_Connection,
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -68,15 +91,18 @@ class SQLiteStore(Store):
             raise StoreError(f"{self!r}: cannot open the database: {exc}") from exc
         self._local.conn = conn
         self._local.pid = os.getpid()
+        self._local.generation = self._generation
+        with self._lock:
+            self._connections.add(conn)
         if not self._schema_ready:
             self._create_schema(conn)
         return conn
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
-        with self._schema_lock:
+        with self._lock:
             if self._schema_ready:
                 return
-            t = self.table
+            t = self._t
             try:
                 conn.execute(
                     f"CREATE TABLE IF NOT EXISTS {t} ("
@@ -86,7 +112,8 @@ class SQLiteStore(Store):
                     " version INTEGER NOT NULL"
                     ") WITHOUT ROWID"
                 )
-                conn.execute(f"CREATE INDEX IF NOT EXISTS {t}_expires_at ON {t} (expires_at)")
+                index = f'"{self.table}_expires_at"'
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self!r}: cannot create the table: {exc}") from exc
             self._schema_ready = True
@@ -99,7 +126,7 @@ class SQLiteStore(Store):
 
     def load(self, key: str) -> Record | None:
         row = self._execute(
-            f"SELECT value, expires_at, version FROM {self.table}"  # noqa: S608 - validated name
+            f"SELECT value, expires_at, version FROM {self._t}"  # noqa: S608 - validated name
             " WHERE key = ? AND expires_at > ?",
             (key, time.time()),
         ).fetchone()
@@ -107,12 +134,14 @@ class SQLiteStore(Store):
 
     def insert(self, key: str, value: bytes, expires_at: float) -> bool:
         # An expired row still holding the key counts as absent: replace it.
+        # The first version is random, so a key deleted and created again never
+        # repeats a version that an old reader still holds.
         cursor = self._execute(
-            f"INSERT INTO {self.table} (key, value, expires_at, version) VALUES (?, ?, ?, 1)"  # noqa: S608
+            f"INSERT INTO {self._t} (key, value, expires_at, version) VALUES (?, ?, ?, ?)"  # noqa: S608
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
             " expires_at = excluded.expires_at, version = version + 1"
-            f" WHERE {self.table}.expires_at <= ?",
-            (key, value, expires_at, time.time()),
+            f" WHERE {self._t}.expires_at <= ?",
+            (key, value, expires_at, secrets.randbits(62), time.time()),
         )
         return cursor.rowcount == 1
 
@@ -120,7 +149,7 @@ class SQLiteStore(Store):
         self, key: str, value: bytes, expires_at: float, version: Version | None = None
     ) -> bool:
         sql = (
-            f"UPDATE {self.table} SET value = ?, expires_at = ?, version = version + 1"  # noqa: S608
+            f"UPDATE {self._t} SET value = ?, expires_at = ?, version = version + 1"  # noqa: S608
             " WHERE key = ? AND expires_at > ?"
         )
         params: tuple[object, ...] = (value, expires_at, key, time.time())
@@ -130,11 +159,11 @@ class SQLiteStore(Store):
         return self._execute(sql, params).rowcount == 1
 
     def delete(self, key: str) -> None:
-        self._execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))  # noqa: S608
+        self._execute(f"DELETE FROM {self._t} WHERE key = ?", (key,))  # noqa: S608
 
     def touch(self, key: str, expires_at: float) -> bool:
         cursor = self._execute(
-            f"UPDATE {self.table} SET expires_at = ?"  # noqa: S608
+            f"UPDATE {self._t} SET expires_at = ?"  # noqa: S608
             " WHERE key = ? AND expires_at > ?",
             (expires_at, key, time.time()),
         )
@@ -145,7 +174,7 @@ class SQLiteStore(Store):
         last = ""
         while True:
             rows = self._execute(
-                f"SELECT key, value, expires_at, version FROM {self.table}"  # noqa: S608
+                f"SELECT key, value, expires_at, version FROM {self._t}"  # noqa: S608
                 " WHERE key > ? AND expires_at > ? ORDER BY key LIMIT 500",
                 (last, time.time()),
             ).fetchall()
@@ -162,8 +191,8 @@ class SQLiteStore(Store):
             # Small batches keep each write transaction, and so each stall of
             # the other writers, short.
             count = self._execute(
-                f"DELETE FROM {self.table} WHERE key IN ("  # noqa: S608
-                f" SELECT key FROM {self.table} WHERE expires_at <= ? LIMIT ?)",
+                f"DELETE FROM {self._t} WHERE key IN ("  # noqa: S608
+                f" SELECT key FROM {self._t} WHERE expires_at <= ? LIMIT ?)",
                 (now, batch_size),
             ).rowcount
             removed += count
@@ -171,7 +200,10 @@ class SQLiteStore(Store):
                 return removed
 
     def close(self) -> None:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close every connection of every thread; the next use reopens."""
+        with self._lock:
+            connections = list(self._connections)
+            self._connections = weakref.WeakSet()
+            self._generation += 1
+        for conn in connections:
             conn.close()
-            self._local.conn = None

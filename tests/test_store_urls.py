@@ -1,0 +1,131 @@
+"""``store_from_url``: the store URLs of the configuration files and the CLI."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from wsgi_kvsession.stores import FileStore, MemoryStore, SQLiteStore, store_from_url
+
+
+def test_memory_url_gives_a_new_empty_store_each_call() -> None:
+    one = store_from_url("memory://")
+    two = store_from_url("memory://")
+    assert isinstance(one, MemoryStore)
+    assert isinstance(two, MemoryStore)
+    assert one is not two
+    assert one.insert("k", b"value", time.time() + 60) is True
+    assert two.load("k") is None
+    assert store_from_url("memory://").load("k") is None
+
+
+def test_memory_url_scheme_is_case_insensitive() -> None:
+    assert isinstance(store_from_url("MEMORY://"), MemoryStore)
+
+
+def test_file_url_gives_a_file_store_at_that_path(tmp_path: Path) -> None:
+    directory = tmp_path / "sessions"
+    store = store_from_url(f"file://{directory}")
+    assert isinstance(store, FileStore)
+    assert store.directory == directory
+    assert store.insert("session:k", b"value", time.time() + 60) is True
+    assert directory.is_dir()
+
+
+def test_file_url_with_localhost_and_escapes(tmp_path: Path) -> None:
+    store = store_from_url(f"file://localhost{tmp_path}/my%20sessions")
+    assert isinstance(store, FileStore)
+    assert store.directory == tmp_path / "my sessions"
+
+
+def test_sqlite_url_with_three_slashes_is_relative_to_the_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = store_from_url("sqlite:///rel.db")
+    assert isinstance(store, SQLiteStore)
+    assert store.path == tmp_path / "rel.db"
+    assert store.insert("session:k", b"value", time.time() + 60) is True
+    store.close()
+    assert (tmp_path / "rel.db").is_file()
+
+
+def test_sqlite_url_relative_subdirectory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = store_from_url("sqlite:///var/db/sessions.db")
+    assert isinstance(store, SQLiteStore)
+    assert store.path == tmp_path / "var" / "db" / "sessions.db"
+
+
+def test_sqlite_url_with_four_slashes_is_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "abs" / "x.db"
+    target.parent.mkdir()
+    store = store_from_url(f"sqlite:///{target}")  # target starts with "/": four slashes
+    assert f"sqlite:///{target}".startswith("sqlite:////")
+    assert isinstance(store, SQLiteStore)
+    assert store.path == target
+    assert store.insert("session:k", b"value", time.time() + 60) is True
+    store.close()
+    assert target.is_file()
+
+
+@pytest.mark.parametrize(
+    ("url", "form"),
+    [
+        ("sqlite://", "sqlite:///"),
+        ("sqlite:///", "sqlite:///"),
+        ("sqlite:///:memory:", "sqlite:///"),
+        ("sqlite://host/x.db", "sqlite:///"),
+        ("file://relative", "file:///"),
+        ("file://relative/path", "file:///"),
+        ("file:relative", "file:///"),
+        ("memory://host", "memory://"),
+        ("memory:///path", "memory://"),
+        ("ftp://x", "memory://"),
+        ("x", "memory://"),
+        ("", "memory://"),
+    ],
+)
+def test_a_bad_url_names_the_accepted_forms(url: str, form: str) -> None:
+    with pytest.raises(ValueError) as info:
+        store_from_url(url)
+    assert form in str(info.value)
+
+
+def test_an_unsupported_scheme_lists_every_accepted_form() -> None:
+    with pytest.raises(ValueError) as info:
+        store_from_url("ftp://x")
+    message = str(info.value)
+    for form in ("memory://", "file:///", "sqlite:///", "sqlite:////"):
+        assert form in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:secret@host",
+        "redis://user:secret@host:6379/0",
+        "rediss://:secret@host/1",
+        "ftp://someone:secret@example.org/",
+        "sqlite://user:secret@host/x.db",
+        "file://user:secret@host/dir",
+        "memory://user:secret@host",
+    ],
+)
+def test_an_error_never_shows_the_password(url: str) -> None:
+    # redis:// is supported by a later issue; today it is refused with a
+    # ValueError. Either way the password must not show: in the error message
+    # today, in the store's repr (which StoreError messages use) once accepted.
+    try:
+        store = store_from_url(url)
+    except Exception as exc:  # whatever a backend raises, it must mask
+        text = str(exc)
+    else:
+        text = repr(store)
+        store.close()
+    assert "secret" not in text
