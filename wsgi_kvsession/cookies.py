@@ -52,28 +52,22 @@ def request_cookie_values(environ: dict[str, object], name: str) -> list[str]:
 def session_cookie(options: Options, value: str, max_age: int | None) -> str:
     """The ``Set-Cookie`` value that stores ``value`` (a browser-session cookie
     when ``max_age`` is None)."""
-    return dump_cookie(
-        options.cookie_name,
-        value,
-        max_age=max_age,
-        path=options.cookie_path,
-        domain=options.cookie_domain,
-        secure=options.cookie_secure,
-        httponly=options.cookie_httponly,
-        samesite=options.cookie_samesite,
-        partitioned=options.cookie_partitioned,
-    )
+    return _dump_cookie(options, value, max_age, None)
 
 
 def expired_cookie(options: Options) -> str:
     """The ``Set-Cookie`` value that removes the cookie: same name, path,
     domain and flags as when it was set (else the browser keeps the old one),
     an empty value, ``Max-Age=0`` and an ``Expires`` in the past."""
+    return _dump_cookie(options, "", 0, 0)
+
+
+def _dump_cookie(options: Options, value: str, max_age: int | None, expires: int | None) -> str:
     return dump_cookie(
         options.cookie_name,
-        "",
-        max_age=0,
-        expires=0,
+        value,
+        max_age=max_age,
+        expires=expires,
         path=options.cookie_path,
         domain=options.cookie_domain,
         secure=options.cookie_secure,

@@ -125,6 +125,18 @@ def _tag(value: Any) -> Any:
     return {tag: encode(value)}
 
 
+#: What a malformed document can raise while it is parsed and its tags rebuilt
+#: (a bad base64 string, a non-string where an ISO date belongs, deep nesting).
+_DECODE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    RecursionError,
+    decimal.InvalidOperation,
+)
+
+
 def _untag(obj: dict[str, Any]) -> Any:
     """``object_hook`` for :func:`json.loads`: rebuild tagged values."""
     if len(obj) == 1:
@@ -162,17 +174,10 @@ class TaggedJSONSerializer:
         try:
             if b'{" ' not in data:
                 # No key starts with a space, so nothing is tagged: skip the
-                # per-object hook. (A '{"' inside a string is escaped as '{\\"'.)
+                # per-object hook. (Inside a JSON string that quote is escaped.)
                 return json.loads(data)
             return json.loads(data, object_hook=_untag)
-        except (
-            ValueError,
-            TypeError,
-            KeyError,
-            AttributeError,
-            RecursionError,
-            decimal.InvalidOperation,
-        ) as exc:
+        except _DECODE_ERRORS as exc:
             raise SerializationError(f"not a tagged-JSON session: {exc}") from exc
 
 
@@ -194,15 +199,7 @@ class MsgpackSerializer:
             ) from exc
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder()
-        self._errors: tuple[type[Exception], ...] = (
-            msgspec.DecodeError,
-            ValueError,
-            TypeError,
-            KeyError,
-            AttributeError,
-            RecursionError,
-            decimal.InvalidOperation,
-        )
+        self._errors: tuple[type[Exception], ...] = (msgspec.DecodeError, *_DECODE_ERRORS)
 
     def dumps(self, value: Any) -> bytes:
         try:

@@ -303,6 +303,16 @@ class Session(MutableMapping[str, Any]):
     def _key(self, session_id: str) -> str:
         return store_key(self.options.key_prefix, session_id)
 
+    def _delete_record(self, event: str) -> None:
+        """Delete the stored record of the current ID, if there is one, at once."""
+        if not self._loaded:
+            self._load()
+        if self._record is not None and self._sid is not None:
+            self.store.delete(self._key(self._sid))
+            self._deleted = True
+            log.info("session %s %s", log_id(self._sid), event)
+        self._record = None
+
     def regenerate(self) -> None:
         """Give the session a new ID, keeping its data.
 
@@ -312,13 +322,7 @@ class Session(MutableMapping[str, Any]):
         when the response starts. The creation time is kept, so regenerating
         never extends the absolute timeout.
         """
-        if not self._loaded:
-            self._load()
-        if self._record is not None and self._sid is not None:
-            self.store.delete(self._key(self._sid))
-            self._deleted = True
-            log.info("session %s regenerated", log_id(self._sid))
-        self._record = None
+        self._delete_record("regenerated")
         self._sid = self.options.ids.new_id()
         self._changing()
 
@@ -328,15 +332,9 @@ class Session(MutableMapping[str, Any]):
         A request of the same session still in flight cannot write it back
         (rule 10). Data set after ``destroy()`` starts a new session.
         """
-        if not self._loaded:
-            self._load()
-        if self._record is not None and self._sid is not None:
-            self.store.delete(self._key(self._sid))
-            self._deleted = True
-            log.info("session %s destroyed", log_id(self._sid))
+        self._delete_record("destroyed")
         self._changing()
         self._data.clear()
-        self._record = None
         self._sid = None
         self._created = time.time()
         self._permanent = self._loaded_permanent = False
