@@ -67,6 +67,10 @@ class IdCodec:
                 [k.encode() if isinstance(k, str) else k for k in reversed(keys)],
                 salt=_SIGNING_SALT,
             )
+            # itsdangerous ignores characters outside base64 and extra padding
+            # in a signature; only its canonical form passes rule 2's check.
+            length = len(self._signer.get_signature("x"))
+            self._signature_format = re.compile(f"[A-Za-z0-9_-]{{{length}}}")
 
     @property
     def signing(self) -> bool:
@@ -89,8 +93,12 @@ class IdCodec:
         """
         if self._signer is None:
             return cookie_value if _ID_FORMAT.fullmatch(cookie_value) else None
-        session_id, sep, _ = cookie_value.partition(".")
-        if not sep or not _ID_FORMAT.fullmatch(session_id):
+        session_id, sep, signature = cookie_value.partition(".")
+        if (
+            not sep
+            or not _ID_FORMAT.fullmatch(session_id)
+            or not self._signature_format.fullmatch(signature)
+        ):
             return None
         try:
             self._signer.unsign(cookie_value)

@@ -137,6 +137,11 @@ _DECODE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity parse, but allow_nan=False refuses to write them back.
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _untag(obj: dict[str, Any]) -> Any:
     """``object_hook`` for :func:`json.loads`: rebuild tagged values."""
     if len(obj) == 1:
@@ -150,6 +155,8 @@ def _untag(obj: dict[str, Any]) -> Any:
 def _untag_tree(value: Any) -> Any:
     """Rebuild tagged values in a tree decoded by something without object hooks."""
     if type(value) is dict:
+        if not all(type(k) is str for k in value):
+            raise TypeError("session keys must be strings")
         return _untag({k: _untag_tree(v) for k, v in value.items()})
     if type(value) is list:
         return [_untag_tree(x) for x in value]
@@ -175,8 +182,8 @@ class TaggedJSONSerializer:
             if b'{" ' not in data:
                 # No key starts with a space, so nothing is tagged: skip the
                 # per-object hook. (Inside a JSON string that quote is escaped.)
-                return json.loads(data)
-            return json.loads(data, object_hook=_untag)
+                return json.loads(data, parse_constant=_reject_constant)
+            return json.loads(data, object_hook=_untag, parse_constant=_reject_constant)
         except _DECODE_ERRORS as exc:
             raise SerializationError(f"not a tagged-JSON session: {exc}") from exc
 
@@ -198,8 +205,12 @@ class MsgpackSerializer:
                 "MsgpackSerializer needs msgspec: pip install 'wsgi-kvsession[msgpack]'"
             ) from exc
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder()
+        self._decoder = msgspec.msgpack.Decoder(ext_hook=self._reject_extension)
         self._errors: tuple[type[Exception], ...] = (msgspec.DecodeError, *_DECODE_ERRORS)
+
+    @staticmethod
+    def _reject_extension(code: int, data: memoryview) -> Any:
+        raise TypeError(f"msgpack extension type {code} is not session data")
 
     def dumps(self, value: Any) -> bytes:
         try:

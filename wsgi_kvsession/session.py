@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 #: How often a save that lost a compare-and-set race re-reads and merges.
 MAX_MERGE_ATTEMPTS = 20
+#: How far in the future a record's creation time may lie (clocks of several
+#: servers disagree a little); anything later is a damaged record.
+MAX_CLOCK_SKEW = 300.0
 #: How often a new session draws another ID when the store reports a collision.
 MAX_INSERT_ATTEMPTS = 5
 
@@ -127,9 +130,16 @@ class Session(MutableMapping[str, Any]):
             stored = envelope.unpack(record.value)
             if stored.serializer != self.options.serializer.name:
                 raise SerializationError(f"written by the {stored.serializer!r} serializer")
+            if not (0 <= stored.created <= now + MAX_CLOCK_SKEW):
+                raise SerializationError("its creation time is not plausible")
             data = self.options.serializer.loads(stored.data)
             if type(data) is not dict:
                 raise SerializationError("the session data is not a mapping")
+            if not all(type(v) in _IMMUTABLE for v in data.values()):
+                # Damaged or foreign containers can decode yet fail to encode
+                # again (nesting deeper than the encoder goes), which would make
+                # every later save of the session fail: refuse them now.
+                self.options.serializer.dumps(data)
         except SerializationError as exc:
             log.warning("ignoring unreadable session %s: %s", log_id(session_id), exc)
             return
