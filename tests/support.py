@@ -50,9 +50,9 @@ class CountingStore(Store):
         self._note("update", key)
         return self.inner.update(key, value, expires_at, version)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, version: Version | None = None) -> bool:
         self._note("delete", key)
-        self.inner.delete(key)
+        return self.inner.delete(key, version)
 
     def touch(self, key: str, expires_at: float) -> bool:
         self._note("touch", key)

@@ -766,9 +766,9 @@ class _FlakyStore(Store):
         self._check()
         return self.inner.update(key, value, expires_at, version)
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, version: Version | None = None) -> bool:
         self._check()
-        self.inner.delete(key)
+        return self.inner.delete(key, version)
 
     def touch(self, key: str, expires_at: float) -> bool:
         self._check()

@@ -79,7 +79,10 @@ class KVSessionMiddleware:
         if type(app_iter) is list or type(app_iter) is tuple:
             # The body is complete, so the session can no longer change:
             # commit now and hand the body through untouched.
+            started_by_write = gate.sent
             gate.send_headers()
+            if started_by_write:  # the app called write(): it may have changed more since
+                session._after_response()
             return app_iter
         return _Body(app_iter, gate)
 
@@ -166,9 +169,10 @@ class _Body:
         except StopIteration:
             gate.send_headers()
             raise
-        if chunk:
+        if chunk or gate.status is not None:
+            # An empty chunk before start_response() is passed on as it is;
+            # after it, the server may write (even b""), so the headers go first.
             gate.send_headers()
-        # An empty chunk is passed on without sending headers (PEP 3333).
         return chunk
 
     def close(self) -> None:

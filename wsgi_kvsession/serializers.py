@@ -17,6 +17,7 @@ import base64
 import datetime
 import decimal
 import json
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -50,12 +51,20 @@ def _tag_datetime(value: datetime.datetime) -> str:
     return value.isoformat()
 
 
+def _sorted_members(members: set[Any] | frozenset[Any]) -> list[Any]:
+    # A set iterates in an order that depends on the hash seed and on its
+    # history, so the same set could encode to different bytes and look
+    # changed (rule 9). Sort the tagged members by their JSON text instead.
+    tagged = [_tag(x) for x in members]
+    return sorted(tagged, key=lambda t: json.dumps(t, sort_keys=True))
+
+
 _TAGS_OUT: dict[type, tuple[str, _Encoder]] = {
     # Checked by exact type first, then by isinstance in this order; datetime
     # before date because datetime is a subclass of date.
     tuple: (" t", lambda v: [_tag(x) for x in v]),
-    set: (" s", lambda v: [_tag(x) for x in v]),
-    frozenset: (" fs", lambda v: [_tag(x) for x in v]),
+    set: (" s", lambda v: _sorted_members(v)),
+    frozenset: (" fs", lambda v: _sorted_members(v)),
     bytes: (" b", lambda v: base64.b64encode(v).decode("ascii")),
     uuid.UUID: (" u", lambda v: v.hex),
     datetime.datetime: (" dt", _tag_datetime),
@@ -137,6 +146,14 @@ _DECODE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 parses as inf, which allow_nan=False refuses to write back.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a float")
+    return value
+
+
 def _reject_constant(name: str) -> Any:
     # NaN and Infinity parse, but allow_nan=False refuses to write them back.
     raise ValueError(f"{name} is not valid JSON")
@@ -182,8 +199,13 @@ class TaggedJSONSerializer:
             if b'{" ' not in data:
                 # No key starts with a space, so nothing is tagged: skip the
                 # per-object hook. (Inside a JSON string that quote is escaped.)
-                return json.loads(data, parse_constant=_reject_constant)
-            return json.loads(data, object_hook=_untag, parse_constant=_reject_constant)
+                return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+            return json.loads(
+                data,
+                object_hook=_untag,
+                parse_constant=_reject_constant,
+                parse_float=_finite_float,
+            )
         except _DECODE_ERRORS as exc:
             raise SerializationError(f"not a tagged-JSON session: {exc}") from exc
 

@@ -23,6 +23,7 @@ an assignment of an equal value is not.
 from __future__ import annotations
 
 import datetime
+import enum
 import logging
 import random
 import time
@@ -49,10 +50,24 @@ MAX_CLOCK_SKEW = 300.0
 MAX_INSERT_ATTEMPTS = 5
 
 _MISSING = object()
+
+
+class _Outcome(enum.Enum):
+    """How a save of an existing record ended."""
+
+    SAVED = "saved"
+    #: The session was emptied, so its record was deleted.
+    DELETED = "deleted"
+    #: The record vanished (destroyed, regenerated, expired) or became
+    #: unreadable while the request ran; it stays gone.
+    GONE = "gone"
+
+
 #: Values that cannot change in place: a session holding only these cannot have
 #: been modified without a setter, so its bytes need no re-encoding to compare.
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 _NOT_LOADED = object()
+_NOT_SAVED = object()
 
 
 class Session(MutableMapping[str, Any]):
@@ -117,29 +132,19 @@ class Session(MutableMapping[str, Any]):
         try:
             record = self.store.load(store_key(self.options.key_prefix, session_id))
         except StoreError:
+            # Marked in both modes: an app that catches the error must not
+            # then replace the user's session with a new, empty one.
+            self._store_failed = True
             if self.options.on_store_error == "raise":
                 raise
             log.exception("session store failed; continuing with an empty session")
-            self._store_failed = True
             return
         if record is None:
             # Rule 3 (strict mode): the ID is never adopted; a write gets a new one.
             log.info("unknown or expired session %s", log_id(session_id))
             return
         try:
-            stored = envelope.unpack(record.value)
-            if stored.serializer != self.options.serializer.name:
-                raise SerializationError(f"written by the {stored.serializer!r} serializer")
-            if not (0 <= stored.created <= now + MAX_CLOCK_SKEW):
-                raise SerializationError("its creation time is not plausible")
-            data = self.options.serializer.loads(stored.data)
-            if type(data) is not dict:
-                raise SerializationError("the session data is not a mapping")
-            if not all(type(v) in _IMMUTABLE for v in data.values()):
-                # Damaged or foreign containers can decode yet fail to encode
-                # again (nesting deeper than the encoder goes), which would make
-                # every later save of the session fail: refuse them now.
-                self.options.serializer.dumps(data)
+            stored, data = self._decode(record, now)
         except SerializationError as exc:
             log.warning("ignoring unreadable session %s: %s", log_id(session_id), exc)
             return
@@ -154,6 +159,24 @@ class Session(MutableMapping[str, Any]):
         self._created = stored.created
         self._permanent = self._loaded_permanent = stored.permanent
         self._user_id = self._loaded_user_id = stored.user_id
+
+    def _decode(self, record: Record, now: float) -> tuple[envelope.Envelope, dict[str, Any]]:
+        """Parse a stored record; raise :class:`SerializationError` for one that is
+        damaged, foreign, or could not be written back."""
+        stored = envelope.unpack(record.value)
+        if stored.serializer != self.options.serializer.name:
+            raise SerializationError(f"written by the {stored.serializer!r} serializer")
+        if not (0 <= stored.created <= now + MAX_CLOCK_SKEW):
+            raise SerializationError("its creation time is not plausible")
+        data = self.options.serializer.loads(stored.data)
+        if type(data) is not dict:
+            raise SerializationError("the session data is not a mapping")
+        if not all(type(v) in _IMMUTABLE for v in data.values()):
+            # Damaged or foreign containers can decode yet fail to encode again
+            # (nesting deeper than the encoder goes), which would make every
+            # later save of the session fail: refuse them now.
+            self.options.serializer.dumps(data)
+        return stored, data
 
     def _changing(self) -> None:
         if not self._loaded:
@@ -219,8 +242,10 @@ class Session(MutableMapping[str, Any]):
         return self._data.pop(key, default)
 
     def clear(self) -> None:
+        """Remove every key and the tie to a user (what a logout expects)."""
         self._changing()
         self._data.clear()
+        self._user_id = None
 
     def __repr__(self) -> str:
         state = repr(self._data) if self._loaded else "(not loaded)"
@@ -343,6 +368,8 @@ class Session(MutableMapping[str, Any]):
         (rule 10). Data set after ``destroy()`` starts a new session.
         """
         self._delete_record("destroyed")
+        if self._request_had_cookie:
+            self._deleted = True  # expire whatever cookie the browser sent
         self._changing()
         self._data.clear()
         self._sid = None
@@ -354,8 +381,8 @@ class Session(MutableMapping[str, Any]):
 
     def _encoded_data(self) -> bytes | None:
         """The data as the serializer writes it (None when empty)."""
-        if not self._data:
-            return None
+        if not self._data and self._user_id is None:
+            return None  # nothing worth a record
         if (
             not self._mutated
             and self._loaded_data
@@ -374,12 +401,15 @@ class Session(MutableMapping[str, Any]):
         if not self._accessed:
             self._committed = _NOT_LOADED
             return None, False  # rule 6
+        if self._store_failed or (
+            status_code >= 500 and not self.options.save_on_server_error  # rule 12
+        ):
+            # Nothing is saved, so nothing is encoded either: an app rendering
+            # its own error page must not fail on an unstorable value.
+            self._committed = _NOT_SAVED
+            return None, True
         data = self._encoded_data()
         self._committed = data
-        if self._store_failed:
-            return None, True
-        if status_code >= 500 and not self.options.save_on_server_error:
-            return None, True  # rule 12
         try:
             return self._persist(data, time.time()), True
         except StoreError:
@@ -404,23 +434,20 @@ class Session(MutableMapping[str, Any]):
                 options, options.ids.encode(session_id), self._cookie_max_age(expires_at, now)
             )
         key = self._key(session_id)
-        if data is None:
-            self.store.delete(key)
-            log.info("session %s emptied and deleted", log_id(session_id))
-            return expired_cookie(options)
         permanent_changed = self._permanent != self._loaded_permanent
         if (
-            self._forced
+            data is None
+            or self._forced
             or permanent_changed
             or self._user_id != self._loaded_user_id
             or data != self._loaded_data
         ):
             expires_at = options.expires_at(self._created, now)
-            saved = self._update(key, record.version, data, expires_at, now)
-            if saved is None:
+            outcome = self._save(key, record.version, data, expires_at, now)
+            if outcome is _Outcome.GONE:
                 return None
-            if not saved:
-                return expired_cookie(options)
+            if outcome is _Outcome.DELETED:
+                return expired_cookie(options)  # rule 7: emptied, so deleted
             if self._permanent or permanent_changed:
                 return session_cookie(
                     options, options.ids.encode(session_id), self._cookie_max_age(expires_at, now)
@@ -472,18 +499,28 @@ class Session(MutableMapping[str, Any]):
             self._sid = None
         raise StoreError(f"{self.store!r}: no free session ID after {MAX_INSERT_ATTEMPTS} attempts")
 
-    def _update(
-        self, key: str, version: Version, data: bytes, expires_at: float, now: float
-    ) -> bool | None:
-        """Write changed data over the loaded record (rules 10 and 11).
+    def _save(
+        self, key: str, version: Version, data: bytes | None, expires_at: float, now: float
+    ) -> _Outcome:
+        """Write this request's change over the loaded record (rules 7, 10, 11).
 
-        Returns True when saved, None when the record vanished meanwhile (it
-        stays gone), False when a merge emptied the session (record deleted).
+        ``data`` None means the session was emptied: the record is deleted.
+        Both are compare-and-set on the loaded version; when another request
+        wrote in between, this request's key-level changes are merged into the
+        newer record and tried again.
         """
-        if self.store.update(key, self._pack(data, now), expires_at, version):
-            return True
-        # Another request wrote (or deleted) the record since we read it.
+        if data is None:
+            if self.store.delete(key, version):
+                log.info("session %s emptied and deleted", log_id(self._sid or ""))
+                return _Outcome.DELETED
+        elif self.store.update(key, self._pack(data, now), expires_at, version):
+            return _Outcome.SAVED
+        # Another request wrote (or deleted) the record since we read it. Decide
+        # once which metadata this request changed: only those fields are ours.
         loaded = self.options.serializer.loads(self._loaded_data) if self._loaded_data else {}
+        own_permanent = self._permanent != self._loaded_permanent
+        own_user = self._user_id != self._loaded_user_id
+        permanent, user_id = self._permanent, self._user_id
         for attempt in range(MAX_MERGE_ATTEMPTS):
             current = self.store.load(key)
             if current is None:
@@ -492,28 +529,26 @@ class Session(MutableMapping[str, Any]):
                     "its changes are dropped, not written back",
                     log_id(self._sid or ""),
                 )
-                return None
+                return _Outcome.GONE
             try:
-                theirs = envelope.unpack(current.value)
-                their_data = self.options.serializer.loads(theirs.data)
+                theirs, their_data = self._decode(current, now)
             except SerializationError as exc:
                 log.warning("session %s became unreadable: %s", log_id(self._sid or ""), exc)
-                return None
+                return _Outcome.GONE
             merged = self._merge(loaded, their_data)
-            if self._permanent == self._loaded_permanent:
-                self._permanent = theirs.permanent
-            if self._user_id == self._loaded_user_id:
-                self._user_id = theirs.user_id
-            if not merged:
-                self.store.delete(key)
-                self._data = merged
-                self._committed = None
-                return False
-            data = self.options.serializer.dumps(merged)
-            if self.store.update(key, self._pack(data, now), expires_at, current.version):
-                self._data = merged
-                self._committed = data
-                return True
+            self._permanent = permanent if own_permanent else theirs.permanent
+            self._user_id = user_id if own_user else theirs.user_id
+            if not merged and self._user_id is None:
+                if self.store.delete(key, current.version):
+                    self._data = merged
+                    self._committed = None
+                    return _Outcome.DELETED
+            else:
+                data = self.options.serializer.dumps(merged)
+                if self.store.update(key, self._pack(data, now), expires_at, current.version):
+                    self._data = merged
+                    self._committed = data
+                    return _Outcome.SAVED
             # Lost again: back off a little so the racers spread out.
             time.sleep(random.uniform(0, 0.001 * (attempt + 1)))  # noqa: S311 - jitter
         raise StoreError(
@@ -541,11 +576,19 @@ class Session(MutableMapping[str, Any]):
     def _after_response(self) -> None:
         """Called when the response is finished: report changes made too late
         (nested mutations included, which no setter sees)."""
-        if self._committed is _MISSING or not self._loaded or self._late_change_logged:
+        committed = self._committed
+        if (
+            committed is _MISSING
+            or committed is _NOT_SAVED  # nothing was to be saved anyway
+            or not self._loaded
+            or self._late_change_logged
+        ):
             return
-        baseline = self._committed
-        if baseline is _NOT_LOADED:  # first loaded after the commit point
-            baseline = self._loaded_data or None
-        data = self._encoded_data()
-        if data != baseline:
+        if committed is _NOT_LOADED:  # first loaded after the commit point
+            committed = self._loaded_data or None
+        try:
+            data = self._encoded_data()
+        except SerializationError:
+            data = None  # an unstorable late value is a late change too
+        if data != committed:
             self._log_late_change()

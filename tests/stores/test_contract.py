@@ -231,8 +231,37 @@ def test_delete_removes_the_record(store: Store, key: str) -> None:
 
 
 def test_delete_of_a_missing_key_is_fine(store: Store, key: str) -> None:
-    store.delete(key)
-    store.delete(key)
+    assert store.delete(key) is False
+    assert store.delete(key, version=1) is False
+    assert store.load(key) is None
+
+
+def test_delete_reports_whether_it_removed_a_live_record(store: Store, key: str) -> None:
+    assert store.insert(key, b"value", later()) is True
+    assert store.delete(key) is True
+    assert store.delete(key) is False
+
+
+def test_delete_with_the_current_version_removes_the_record(store: Store, key: str) -> None:
+    assert store.insert(key, b"value", later()) is True
+    assert store.delete(key, version=load_live(store, key).version) is True
+    assert store.load(key) is None
+
+
+def test_delete_with_a_stale_version_changes_nothing(store: Store, key: str) -> None:
+    if not store.supports_versioning:
+        pytest.skip(f"{store!r} has no compare-and-set")
+    assert store.insert(key, b"one", later()) is True
+    stale = load_live(store, key).version
+    assert store.update(key, b"two", later(), version=stale) is True
+    assert store.delete(key, version=stale) is False
+    assert load_live(store, key).value == b"two"
+
+
+def test_delete_of_an_expired_record_reports_false(store: Store, key: str) -> None:
+    expires_at = insert_short_lived(store, key, b"old")
+    wait_until_expired(expires_at)
+    assert store.delete(key) is False
     assert store.load(key) is None
 
 

@@ -84,8 +84,12 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove the record under ``key``; a missing key is not an error."""
+    def delete(self, key: str, version: Version | None = None) -> bool:
+        """Remove the record under ``key``; a missing key is not an error.
+
+        With ``version``, remove it only if its version still matches (a
+        compare-and-delete). Returns whether a live record was removed.
+        """
 
     @abc.abstractmethod
     def touch(self, key: str, expires_at: float) -> bool:

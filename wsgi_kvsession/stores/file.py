@@ -159,15 +159,19 @@ class FileStore(Store):
             self._write(path, value, expires_at, int(current.version) + 1)
             return True
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, version: Version | None = None) -> bool:
         path = self._path(key)
         with self._locked(key):
+            current = self._read(path, time.time())
+            if version is not None and (current is None or current.version != version):
+                return False
             try:
                 os.unlink(path)
             except FileNotFoundError:
-                pass
+                return False
             except OSError as exc:
                 raise self._error("delete a session file", exc) from exc
+            return current is not None
 
     def touch(self, key: str, expires_at: float) -> bool:
         path = self._path(key)

@@ -89,9 +89,13 @@ class MemoryStore(Store):
             self._write(key, value, expires_at, next(self._versions))
             return True
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, version: Version | None = None) -> bool:
         with self._lock:
-            self._records.pop(key, None)
+            current = self._live(key, time.time())
+            if current is None or (version is not None and current.version != version):
+                return False
+            del self._records[key]
+            return True
 
     def touch(self, key: str, expires_at: float) -> bool:
         with self._lock:

@@ -158,8 +158,15 @@ class SQLiteStore(Store):
             params += (version,)
         return self._execute(sql, params).rowcount == 1
 
-    def delete(self, key: str) -> None:
-        self._execute(f"DELETE FROM {self._t} WHERE key = ?", (key,))  # noqa: S608
+    def delete(self, key: str, version: Version | None = None) -> bool:
+        # Only a live row counts; an expired one is left to cleanup() (and an
+        # insert replaces it).
+        sql = f"DELETE FROM {self._t} WHERE key = ? AND expires_at > ?"  # noqa: S608
+        params: tuple[object, ...] = (key, time.time())
+        if version is not None:
+            sql += " AND version = ?"
+            params += (version,)
+        return self._execute(sql, params).rowcount == 1
 
     def touch(self, key: str, expires_at: float) -> bool:
         cursor = self._execute(
