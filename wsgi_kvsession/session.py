@@ -278,13 +278,16 @@ class Session(MutableMapping[str, Any]):
 
         Setting it to True forces a write even when the data compares equal.
         """
-        if self._forced:
-            return True
         if not self._loaded:
             return False
+        encoded = self._encoded_data()
+        if encoded is None and self._record is None:
+            return False  # a new session left empty is never stored (rule 7)
+        if self._forced:
+            return True
         if self._permanent != self._loaded_permanent or self._user_id != self._loaded_user_id:
             return True
-        return (self._encoded_data() or b"") != self._loaded_data
+        return (encoded or b"") != self._loaded_data
 
     @modified.setter
     def modified(self, value: bool) -> None:
