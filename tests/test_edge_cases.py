@@ -303,3 +303,18 @@ def test_user_id_alone_keeps_a_session_and_clear_drops_it() -> None:
     response = client.get("/logout")
     assert any(v.startswith("session=;") for v in response.headers.getlist("Set-Cookie"))
     assert list(counting.inner.iter_records()) == []
+
+
+def test_modified_agrees_with_what_is_written() -> None:
+    counting = CountingStore(MemoryStore())
+    states: list[bool] = []
+
+    def handler(session: Session, request: Request) -> None:
+        session.permanent = True  # on a new, empty session: nothing to store
+        states.append(session.modified)
+        session["a"] = 1
+        states.append(session.modified)
+
+    client_for(handler, counting).get("/")
+    assert states == [False, True]
+    assert counting.methods() == ["insert"]
