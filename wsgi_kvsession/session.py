@@ -394,10 +394,11 @@ class Session(MutableMapping[str, Any]):
             return self._loaded_data  # unchanged by construction: skip the encode
         return self.options.serializer.dumps(self._data)
 
-    def _cookie_max_age(self, expires_at: float, now: float) -> int | None:
-        if not self._permanent:
-            return None
-        return max(1, int(expires_at - now))
+    def _cookie(self, session_id: str, expires_at: float, now: float) -> str:
+        """The Set-Cookie value for ``session_id``: a permanent session's cookie
+        lives as long as the server keeps the session, others die with the browser."""
+        max_age = max(1, int(expires_at - now)) if self._permanent else None
+        return session_cookie(self.options, self.options.ids.encode(session_id), max_age)
 
     def _commit(self, status_code: int) -> tuple[str | None, bool]:
         """Persist the session; return ``(Set-Cookie value or None, vary)``."""
@@ -433,9 +434,7 @@ class Session(MutableMapping[str, Any]):
             if session_id is None:
                 return expired_cookie(options) if self._request_had_cookie else None
             expires_at = options.expires_at(self._created, now)
-            return session_cookie(
-                options, options.ids.encode(session_id), self._cookie_max_age(expires_at, now)
-            )
+            return self._cookie(session_id, expires_at, now)
         key = self._key(session_id)
         permanent_changed = self._permanent != self._loaded_permanent
         if (
@@ -452,9 +451,7 @@ class Session(MutableMapping[str, Any]):
             if outcome is _Outcome.DELETED:
                 return expired_cookie(options)  # rule 7: emptied, so deleted
             if self._permanent or permanent_changed:
-                return session_cookie(
-                    options, options.ids.encode(session_id), self._cookie_max_age(expires_at, now)
-                )
+                return self._cookie(session_id, expires_at, now)
             return None
         # Read only: slide the idle deadline, at most once per touch_interval.
         expires_at = options.expires_at(self._created, now)
@@ -466,9 +463,7 @@ class Session(MutableMapping[str, Any]):
             and self._permanent
         ):
             # A permanent cookie's Max-Age slides with the server's deadline.
-            return session_cookie(
-                options, options.ids.encode(session_id), self._cookie_max_age(expires_at, now)
-            )
+            return self._cookie(session_id, expires_at, now)
         return None
 
     def _pack(self, data: bytes, now: float) -> bytes:
