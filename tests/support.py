@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -63,6 +64,25 @@ class CountingStore(Store):
 
     def cleanup(self) -> int:
         return self.inner.cleanup()
+
+
+def assert_instances_share_records(one: Store, two: Store, key: str) -> None:
+    """Two store objects on one location (as two worker processes would have)
+    see each other's writes and honour each other's insert-if-absent and
+    compare-and-set."""
+    expires_at = time.time() + 3600
+    assert one.insert(key, b"from one", expires_at) is True
+    assert two.insert(key, b"from two", expires_at) is False
+    record = two.load(key)
+    assert record is not None
+    assert record.value == b"from one"
+    assert two.update(key, b"from two", expires_at, version=record.version) is True
+    assert one.update(key, b"stale", expires_at, version=record.version) is False
+    again = one.load(key)
+    assert again is not None
+    assert again.value == b"from two"
+    one.delete(key)
+    assert two.load(key) is None
 
 
 Handler = Callable[[Session, Request], Any]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import assert_instances_share_records
 from wsgi_kvsession.stores import FileStore, StoreError
 
 TTL = 60.0
@@ -296,20 +297,8 @@ def test_error_messages_do_not_contain_the_key(tmp_path: Path) -> None:
 
 def test_two_instances_on_one_directory_share_records(directory: Path) -> None:
     # As two worker processes would: separate objects, separate lock descriptors.
-    one, two = FileStore(directory), FileStore(directory)
     key = "session:" + secrets.token_hex(32)
-    assert one.insert(key, b"from one", later()) is True
-    assert two.insert(key, b"from two", later()) is False
-    record = two.load(key)
-    assert record is not None
-    assert record.value == b"from one"
-    assert two.update(key, b"from two", later(), version=record.version) is True
-    assert one.update(key, b"stale", later(), version=record.version) is False
-    again = one.load(key)
-    assert again is not None
-    assert again.value == b"from two"
-    one.delete(key)
-    assert two.load(key) is None
+    assert_instances_share_records(FileStore(directory), FileStore(directory), key)
 
 
 def test_records_survive_a_new_instance(directory: Path) -> None:

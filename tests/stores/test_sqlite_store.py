@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import assert_instances_share_records
 from wsgi_kvsession.stores import SQLiteStore, StoreError
 
 TTL = 60.0
@@ -120,19 +121,7 @@ def test_an_in_memory_database_raises_value_error(path: str) -> None:
 def test_two_instances_on_one_file_see_each_others_writes(db_path: Path) -> None:
     one, two = SQLiteStore(db_path), SQLiteStore(db_path)
     try:
-        key = new_key()
-        assert one.insert(key, b"from one", later()) is True
-        assert two.insert(key, b"from two", later()) is False
-        record = two.load(key)
-        assert record is not None
-        assert record.value == b"from one"
-        assert two.update(key, b"from two", later(), version=record.version) is True
-        assert one.update(key, b"stale", later(), version=record.version) is False
-        again = one.load(key)
-        assert again is not None
-        assert again.value == b"from two"
-        one.delete(key)
-        assert two.load(key) is None
+        assert_instances_share_records(one, two, new_key())
     finally:
         one.close()
         two.close()
