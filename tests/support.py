@@ -14,6 +14,16 @@ from wsgi_kvsession import KVSessionMiddleware, Session, get_session
 from wsgi_kvsession.stores.base import Record, Store, Version
 
 
+class Clock:
+    """Moves ``time.time`` forward for everything that reads it (the ``clock`` fixture)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 class CountingStore(Store):
     """Wraps a store and records every call as ``(method, key)``."""
 

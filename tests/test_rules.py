@@ -22,25 +22,7 @@ from wsgi_kvsession.ids import store_key
 from wsgi_kvsession.stores import FileStore, MemoryStore
 from wsgi_kvsession.stores.base import Record, Store, Version
 
-from .support import CountingStore, client_for, session_app, set_cookies
-
-
-class Clock:
-    """Moves ``time.time`` forward for everything that reads it."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    real = time.time
-    c = Clock()
-    monkeypatch.setattr(time, "time", lambda: real() + c.offset)
-    return c
+from .support import Clock, CountingStore, client_for, session_app, set_cookies
 
 
 def _set(key: str, value: Any) -> Any:

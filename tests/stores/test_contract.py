@@ -20,7 +20,7 @@ import pytest
 
 from wsgi_kvsession.stores import Record, Store
 
-from .conftest import StoreSpec
+from .registry import StoreSpec
 
 #: Lifetime of an ordinary record, in seconds.
 TTL = 60.0
