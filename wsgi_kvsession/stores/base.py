@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 #: An opaque token that changes every time a record's value is written. Stores
 #: choose its type (a counter, a hash of the value, a CAS token).
@@ -35,6 +36,20 @@ class StoreError(Exception):
     The message names the store (for example ``RedisStore(redis://:***@host/0)``)
     and never contains a password or a session ID.
     """
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for a message or a repr."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # an unparsable URL (a bad port, say): show nothing of it
+        return "<unparsable URL>"
+    if password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user, _, _ = userinfo.partition(":")
+    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from .base import Store
+from .base import Store, mask_url
 from .file import FileStore
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
-_FORMS = "memory://, file:///path/to/dir, sqlite:///relative.db, sqlite:////absolute.db"
-
-
-def _mask(url: str) -> str:
-    """The URL with any password replaced, fit for an error message."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
+_FORMS = (
+    "memory://, file:///path/to/dir, sqlite:///relative.db, sqlite:////absolute.db, "
+    "redis://host:6379/0, rediss://…, redis+cluster://host:port[,host:port…], "
+    "redis+sentinel://host:port[,host:port…]/service[/db], memcached://host:11211[,host:port…], "
+    "or a SQLAlchemy URL (postgresql://…, mysql+pymysql://…, mariadb://…, sqlite+pysqlite:///…)"
+)
+_REDIS_SCHEMES = frozenset(
+    {"redis", "rediss", "redis+cluster", "rediss+cluster", "redis+sentinel"}
+)
+#: SQLAlchemy dialects (the part of the scheme before "+driver"). Plain
+#: ``sqlite`` is not here: ``sqlite:///`` is the embedded SQLiteStore.
+_SQL_DIALECTS = frozenset({"postgresql", "mysql", "mariadb", "sqlite", "mssql", "oracle"})
 
 
 def store_from_url(url: str) -> Store:
@@ -30,26 +32,51 @@ def store_from_url(url: str) -> Store:
       ``sqlite:////var/lib/sessions.db`` (absolute), as in SQLAlchemy — the
       embedded :class:`SQLiteStore`.
 
+    * ``redis://``, ``rediss://``, ``redis+cluster://``, ``redis+sentinel://`` —
+      a :class:`~wsgi_kvsession.stores.RedisStore`;
+    * ``memcached://host1:11211,host2:11211`` — a
+      :class:`~wsgi_kvsession.stores.MemcacheStore`;
+    * any other SQLAlchemy URL (``postgresql://…``, ``mysql+pymysql://…``,
+      ``mariadb://…``, ``sqlite+pysqlite:///…``) — a
+      :class:`~wsgi_kvsession.stores.SQLAlchemyStore`.
+
+    Building a store never connects to its server. The server stores need their
+    client library (``pip install 'wsgi-kvsession[redis]'``, ``[memcached]``,
+    ``[sql]``); without it this raises :class:`ImportError` saying so.
+
     Raises :class:`ValueError` naming the accepted forms for anything else.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "memory":
         if parts.netloc or parts.path not in ("", "/"):
-            raise ValueError(f"store URL {_mask(url)!r}: memory:// takes no host or path")
+            raise ValueError(f"store URL {mask_url(url)!r}: memory:// takes no host or path")
         return MemoryStore()
     if scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ValueError(
-                f"store URL {_mask(url)!r}: a file store URL is file:///absolute/path/to/dir"
+                f"store URL {mask_url(url)!r}: a file store URL is file:///absolute/path/to/dir"
             )
         return FileStore(unquote(parts.path))
     if scheme == "sqlite":
         # SQLAlchemy's form: sqlite:/// + path, so a fourth slash makes it absolute.
         if parts.netloc or len(parts.path) < 2 or parts.path == "/:memory:":
             raise ValueError(
-                f"store URL {_mask(url)!r}: give a database file, sqlite:///relative.db "
+                f"store URL {mask_url(url)!r}: give a database file, sqlite:///relative.db "
                 "or sqlite:////absolute/path.db (for an in-process store use memory://)"
             )
         return SQLiteStore(unquote(parts.path[1:]))
-    raise ValueError(f"unsupported store URL {_mask(url)!r}; supported forms: {_FORMS}")
+    # Imported here, not at the top: each needs its optional client library.
+    if scheme in _REDIS_SCHEMES:
+        from .redis import RedisStore
+
+        return RedisStore(url)
+    if scheme == "memcached":
+        from .memcache import MemcacheStore
+
+        return MemcacheStore(url)
+    if scheme.partition("+")[0] in _SQL_DIALECTS:
+        from .sqlalchemy import SQLAlchemyStore
+
+        return SQLAlchemyStore(url)
+    raise ValueError(f"unsupported store URL {mask_url(url)!r}; supported forms: {_FORMS}")
