@@ -497,6 +497,10 @@ def test_compare_and_set_is_atomic_under_threads(store: Store, key: str) -> None
 
 
 def test_only_one_of_racing_inserts_wins(store: Store, new_key: Callable[[], str]) -> None:
+    # Threads of ONE store object: every store must pass this, including those
+    # with supports_versioning=False (SimpleKVStore serialises its own threads
+    # with per-key locks). Atomicity across processes, which such stores lack,
+    # is not checked here.
     keys = [new_key() for _ in range(RACES)]
     store.load(keys[0])  # connect / create the schema before the race
     start = threading.Barrier(THREADS)

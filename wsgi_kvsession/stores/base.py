@@ -73,8 +73,9 @@ class Store(abc.ABC):
     """
 
     #: Whether :meth:`update` honours ``version`` atomically. Stores without a
-    #: compare-and-set still never resurrect a record, but parallel changes to
-    #: different keys of one session may then overwrite each other.
+    #: compare-and-set (SimpleKVStore) check, then write: parallel changes to
+    #: different keys of one session may overwrite each other, and a record
+    #: deleted between an update's check and its write can come back.
     supports_versioning: bool = True
 
     @abc.abstractmethod
