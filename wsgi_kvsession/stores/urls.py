@@ -20,7 +20,9 @@ _REDIS_SCHEMES = frozenset(
 )
 #: SQLAlchemy dialects (the part of the scheme before "+driver"). Plain
 #: ``sqlite`` is not here: ``sqlite:///`` is the embedded SQLiteStore.
-_SQL_DIALECTS = frozenset({"postgresql", "mysql", "mariadb", "sqlite", "mssql", "oracle"})
+_SQL_DIALECTS = frozenset(
+    {"postgresql", "postgres", "mysql", "mariadb", "sqlite", "mssql", "oracle"}
+)
 
 
 def store_from_url(url: str) -> Store:
