@@ -36,7 +36,22 @@ def test_core_never_imports_a_framework() -> None:
     code = (
         "import sys, wsgi_kvsession, wsgi_kvsession.stores, wsgi_kvsession.serializers;"
         "import wsgi_kvsession.middleware, wsgi_kvsession.session, wsgi_kvsession.ids;"
+        "from wsgi_kvsession.stores import RedisStore, MemcacheStore, SQLAlchemyStore;"
+        "from wsgi_kvsession.stores import SimpleKVStore;"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('flask', 'pyramid', 'django')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_server_stores_import_their_client_library_only_when_used() -> None:
+    code = (
+        "import sys, wsgi_kvsession, wsgi_kvsession.stores;"
+        "from wsgi_kvsession.stores import store_from_url;"
+        "store_from_url('sqlite:///x.db'); store_from_url('memory://');"
+        "libs = ('redis', 'pymemcache', 'sqlalchemy', 'simplekv', 'minimalkv');"
+        "bad = [m for m in sys.modules if m.split('.')[0] in libs];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
