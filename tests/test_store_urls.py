@@ -115,12 +115,19 @@ def test_an_unsupported_scheme_lists_every_accepted_form() -> None:
         "sqlite://user:secret@host/x.db",
         "file://user:secret@host/dir",
         "memory://user:secret@host",
+        "redis+cluster://:secret@h1:7000,h2:7001",
+        "redis+sentinel://user:secret@h1:26379/mymaster/0",
+        "redis+cluster://:secret@h1:notaport",
+        "memcached://user:secret@h1:11211",
+        "postgresql://app:secret@db.example/app",
+        "mysql+pymysql://app:secret@db.example/app",
+        "mariadb://app:secret@db.example:bad/app",
     ],
 )
 def test_an_error_never_shows_the_password(url: str) -> None:
-    # redis:// is supported by a later issue; today it is refused with a
-    # ValueError. Either way the password must not show: in the error message
-    # today, in the store's repr (which StoreError messages use) once accepted.
+    # Whether the URL is refused (a ValueError) or accepted, the password must
+    # not show: in the error message, or in the store's repr (which every
+    # StoreError message uses).
     try:
         store = store_from_url(url)
     except Exception as exc:  # whatever a backend raises, it must mask
@@ -129,3 +136,34 @@ def test_an_error_never_shows_the_password(url: str) -> None:
         text = repr(store)
         store.close()
     assert "secret" not in text
+
+
+@pytest.mark.parametrize(
+    ("url", "store_class"),
+    [
+        ("redis://localhost:6379/0", "RedisStore"),
+        ("REDIS://localhost", "RedisStore"),
+        ("rediss://localhost:6380/1", "RedisStore"),
+        ("redis+cluster://h1:7000,h2:7001", "RedisStore"),
+        ("redis+sentinel://h1:26379/mymaster/0", "RedisStore"),
+        ("memcached://h1:11211,h2:11211", "MemcacheStore"),
+        ("memcached://h1", "MemcacheStore"),
+        ("postgresql://app@db.example/app", "SQLAlchemyStore"),
+        ("postgresql+psycopg://app@db.example/app", "SQLAlchemyStore"),
+        ("mysql+pymysql://app@db.example/app", "SQLAlchemyStore"),
+        ("mariadb://app@db.example/app", "SQLAlchemyStore"),
+        ("sqlite+pysqlite:///sessions.db", "SQLAlchemyStore"),
+    ],
+)
+def test_server_store_urls_build_their_store_without_connecting(url: str, store_class: str) -> None:
+    # Every host here is unreachable: building a store must not connect.
+    store = store_from_url(url)
+    assert type(store).__name__ == store_class
+    store.close()
+
+
+def test_plain_sqlite_stays_the_embedded_store(tmp_path: Path) -> None:
+    assert isinstance(store_from_url(f"sqlite:///{tmp_path}/x.db"), SQLiteStore)
+    assert type(store_from_url(f"sqlite+pysqlite:///{tmp_path}/x.db")).__name__ == (
+        "SQLAlchemyStore"
+    )

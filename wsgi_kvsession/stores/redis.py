@@ -225,6 +225,8 @@ class RedisStore(Store):
             "retry": retry,
         }
         if scheme in ("redis", "rediss"):
+            # redis-py reads the scheme case-sensitively; URLs are not.
+            url = scheme + url[len(parts.scheme) :]
             client = redis.Redis.from_url(url, **common)  # does not connect
             if _decodes_responses(client):
                 raise ValueError(
