@@ -69,8 +69,8 @@ class CountingStore(Store):
         self._note("touch", key)
         return self.inner.touch(key, expires_at)
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
-        return self.inner.iter_records()
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        return self.inner.iter_records(prefix)
 
     def cleanup(self) -> int:
         return self.inner.cleanup()

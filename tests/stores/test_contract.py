@@ -84,10 +84,14 @@ def switch_often() -> Iterator[None]:
         sys.setswitchinterval(old)
 
 
-def list_records(store: Store, keys: Callable[[str], bool]) -> dict[str, Record]:
-    """``iter_records`` restricted to this test's keys; skip if the store cannot list."""
+def list_records(
+    store: Store, keys: Callable[[str], bool], prefix: str = ""
+) -> dict[str, Record]:
+    """``iter_records(prefix)`` restricted to this test's keys; skip if the store
+    cannot list. Tests pass their own prefix, so that a store on a shared server
+    does not read through everybody else's keys."""
     try:
-        return {k: r for k, r in store.iter_records() if keys(k)}
+        return {k: r for k, r in store.iter_records(prefix) if keys(k)}
     except NotImplementedError as exc:
         pytest.skip(f"{store!r} cannot list its records: {exc}")
 
@@ -373,7 +377,7 @@ def test_keys_with_prefix_characters_round_trip(store: Store, form: str) -> None
     assert store.touch(key, later()) is True
     assert load_live(store, key).value == b"updated"
     try:
-        listed = list_records(store, lambda k: k == key)
+        listed = list_records(store, lambda k: k == key, key[:-1])
         assert list(listed) == [key]
     finally:
         store.delete(key)
@@ -404,7 +408,7 @@ def test_iter_records_lists_live_records_only_with_their_keys(
         assert store.insert(k, value, later()) is True
     wait_until_expired(last)
 
-    listed = list_records(store, lambda k: k.startswith(key_prefix))
+    listed = list_records(store, lambda k: k.startswith(key_prefix), key_prefix)
     assert set(listed) == set(live)
     for k, record in listed.items():
         assert isinstance(record, Record)
@@ -412,6 +416,33 @@ def test_iter_records_lists_live_records_only_with_their_keys(
         current = load_live(store, k)
         assert record.version == current.version
         assert record.expires_at == pytest.approx(current.expires_at, abs=EXPIRY_TOLERANCE)
+
+
+PREFIX_FORMS = ["", "%", "_", "*", "?", "[a-z]", "\\", "s\u00fcb:", "\x7f"]
+
+
+@pytest.mark.parametrize("tail", PREFIX_FORMS, ids=[repr(f) for f in PREFIX_FORMS])
+def test_iter_records_lists_only_the_keys_under_a_prefix(
+    store: Store, key_prefix: str, tail: str
+) -> None:
+    """The prefix is literal: no SQL LIKE or Redis glob wildcard in it matches more."""
+    prefix = key_prefix + "p" + tail
+    under = {prefix + secrets.token_hex(8) for _ in range(3)}
+    outside = {
+        key_prefix + "q" + secrets.token_hex(8),  # a sibling prefix
+        prefix[:-1],  # a proper prefix of the prefix
+    }
+    if tail:
+        outside.add(key_prefix + "pa" + tail + secrets.token_hex(8))  # a wildcard's match
+        outside.add(key_prefix + "pg" + secrets.token_hex(8))  # the prefix without its tail
+    for k in under | outside:
+        assert store.insert(k, b"v", later()) is True
+    try:
+        listed = list_records(store, lambda k: True, prefix)
+    finally:
+        for k in under | outside:
+            store.delete(k)
+    assert set(listed) == under
 
 
 def test_cleanup_removes_expired_records_and_counts_them(

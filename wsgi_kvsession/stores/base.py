@@ -23,7 +23,6 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 #: An opaque token that changes every time a record's value is written. Stores
 #: choose its type (a counter, a hash of the value, a CAS token).
@@ -39,17 +38,22 @@ class StoreError(Exception):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, fit for a message or a repr."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:  # an unparsable URL (a bad port, say): show nothing of it
-        return "<unparsable URL>"
-    if password is None:
+    """``url`` with its password replaced by ``***``, fit for a message or a repr.
+
+    Not parsed with ``urlsplit``: a password may hold an unescaped ``/``, ``?``
+    or ``#`` (base64 passwords often do), which would end the URL's authority
+    early and leave the password in the "path". Everything between ``://`` and
+    the last ``@`` is the user information; what follows its first ``:`` is the
+    password. Masking too much is harmless; showing a password is not.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
         return url
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user, _, _ = userinfo.partition(":")
-    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+    userinfo, at, hostinfo = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{hostinfo}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +118,11 @@ class Store(abc.ABC):
         Returns ``False`` when there is no live record.
         """
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
-        """Yield ``(key, record)`` for every live record.
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        """Yield ``(key, record)`` for every live record whose key starts with ``prefix``.
+
+        The prefix is how a session manager lists only its own sessions (its
+        ``key_prefix``) in a store shared with other applications.
 
         Optional: stores that cannot list their keys raise ``NotImplementedError``
         with a message saying so.

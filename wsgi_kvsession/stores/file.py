@@ -194,12 +194,15 @@ class FileStore(Store):
         except OSError as exc:
             raise self._error("list the directory", exc) from exc
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
         now = time.time()
         for entry in self._entries():
+            key = unquote(entry.name)
+            if not key.startswith(prefix):
+                continue
             record = self._read(Path(entry.path), now)
             if record is not None:
-                yield unquote(entry.name), record
+                yield key, record
 
     def cleanup(self) -> int:
         now = time.time()

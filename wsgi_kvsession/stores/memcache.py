@@ -553,7 +553,7 @@ class MemcacheStore(Store):
                 return True
         raise self._too_busy("touch")
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
         raise NotImplementedError(
             f"{self!r}: memcached has no command that lists keys, so its sessions "
             "cannot be listed, counted or searched by user"

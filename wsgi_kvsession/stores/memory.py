@@ -105,12 +105,12 @@ class MemoryStore(Store):
             self._records[key] = Record(current.value, expires_at, current.version)
             return True
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
         now = time.time()
         with self._lock:
             snapshot = list(self._records.items())
         for key, record in snapshot:
-            if record.expires_at > now:
+            if record.expires_at > now and key.startswith(prefix):
                 yield key, record
 
     def cleanup(self) -> int:

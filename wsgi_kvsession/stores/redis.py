@@ -3,7 +3,7 @@
 Each record is one Redis string: a 17-byte header (a format byte, an 8-byte
 version token, the expiry as a double) followed by the value. Keeping the
 version and expiry inside the value is what lets every read be a single
-``GET``, on any Redis or Valkey version, on a Cluster as on one server: the
+``GET``, on Redis 6.2+ or Valkey, on a Cluster as on one server: the
 header answers "which version did I read" and "until when is it valid" without
 a second command. Redis's own TTL is set on every write too, so Redis reaps
 expired sessions by itself and :meth:`RedisStore.cleanup` has nothing to do.
@@ -11,11 +11,11 @@ expired sessions by itself and :meth:`RedisStore.cleanup` has nothing to do.
 Writes are one round trip each:
 
 * insert: ``SET key value PX ttl NX``;
-* update without a version: ``SET key value PX ttl XX``;
-* update or delete with a version, and touch: a small Lua script (``EVALSHA``),
-  because comparing the version and writing must be one atomic step, and a
-  touch must rewrite the header's expiry in place (``SETRANGE``) without
-  touching the value or version, and never create a key that has gone.
+* update, delete and touch: a small Lua script (``EVALSHA``), because checking
+  that the record is still live (and, given a version, still that version) and
+  writing must be one atomic step, and a touch must rewrite the header's expiry
+  in place (``SETRANGE``) without touching the value or version, and never
+  create a key that has gone.
 
 The TTL sent to Redis is relative (``PX``), computed from this machine's clock:
 Redis then counts it on its own clock, so a clock difference between the
@@ -41,7 +41,7 @@ try:
     from redis.backoff import NoBackoff
     from redis.cluster import ClusterNode, RedisCluster
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisClusterException, RedisError
+    from redis.exceptions import RedisClusterException, RedisError, ResponseError
     from redis.retry import Retry
     from redis.sentinel import Sentinel
 except ImportError as exc:  # pragma: no cover - depends on the installation
@@ -62,29 +62,51 @@ _EXPIRY_OFFSET = 1 + _TOKEN_SIZE
 #: a RedisError: a Cluster that cannot be reached at all raises it).
 _REDIS_ERRORS = (RedisError, RedisClusterException)
 
-# KEYS[1] the key; ARGV[1] format byte + expected token; ARGV[2] the new value;
-# ARGV[3] the TTL in milliseconds (<= 0: the record ends now).
-_UPDATE_IF_VERSION = """
-if redis.call('GETRANGE', KEYS[1], 0, 8) ~= ARGV[1] then return 0 end
-if tonumber(ARGV[3]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+# Every script first reads the header and goes on only if the key holds a LIVE
+# record of ours: Redis's TTL is rounded up to the millisecond and starts when
+# the write arrives, so a key can outlive its header's expiry by a little, and
+# a write or touch in that gap must not bring the record back. ``pcall``: a key
+# of another type (another application's hash) reads as absent, not an error.
+_LIVE_HEADER = f"""
+local function live_header(now)
+  local head = redis.pcall('GETRANGE', KEYS[1], 0, {_HEADER.size - 1})
+  if type(head) ~= 'string' or #head < {_HEADER.size}
+      or string.byte(head, 1) ~= {_FORMAT[0]} then
+    return nil
+  end
+  local expires_at = struct.unpack('>d', string.sub(head, {_EXPIRY_OFFSET + 1}))
+  if not (expires_at > now) then return nil end
+  return head
+end
+"""
+
+# KEYS[1] the key; ARGV[1] now; ARGV[2] the expected token ('' for any);
+# ARGV[3] the new value; ARGV[4] the TTL in milliseconds (<= 0: it ends now).
+_UPDATE = _LIVE_HEADER + """
+local head = live_header(tonumber(ARGV[1]))
+if not head then return 0 end
+if ARGV[2] ~= '' and string.sub(head, 2, 9) ~= ARGV[2] then return 0 end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 else
   redis.call('DEL', KEYS[1])
 end
 return 1
 """
 
-# KEYS[1] the key; ARGV[1] format byte + expected token.
-_DELETE_IF_VERSION = """
-if redis.call('GETRANGE', KEYS[1], 0, 8) ~= ARGV[1] then return 0 end
+# KEYS[1] the key; ARGV[1] now; ARGV[2] the expected token ('' for any).
+_DELETE = _LIVE_HEADER + """
+local head = live_header(tonumber(ARGV[1]))
+if not head then return 0 end
+if ARGV[2] ~= '' and string.sub(head, 2, 9) ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
 """
 
-# KEYS[1] the key; ARGV[1] the format byte; ARGV[2] the packed expiry; ARGV[3]
-# the TTL in milliseconds (<= 0: the record ends now).
-_TOUCH = f"""
-if redis.call('GETRANGE', KEYS[1], 0, 0) ~= ARGV[1] then return 0 end
+# KEYS[1] the key; ARGV[1] now; ARGV[2] the packed new expiry; ARGV[3] the TTL
+# in milliseconds (<= 0: the record ends now).
+_TOUCH = _LIVE_HEADER + f"""
+if not live_header(tonumber(ARGV[1])) then return 0 end
 if tonumber(ARGV[3]) > 0 then
   redis.call('SETRANGE', KEYS[1], {_EXPIRY_OFFSET}, ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -135,7 +157,7 @@ def _parse_hosts(netloc_hosts: str, default_port: int, url: str) -> list[tuple[s
         except ValueError:
             port = -1
         if not host or not 0 < port < 65536:
-            raise ValueError(f"store URL {mask_url(url)!r}: bad host:port {item!r}")
+            raise ValueError(f"RedisStore: URL {mask_url(url)!r}: bad host:port {item!r}")
         hosts.append((host, port))
     return hosts
 
@@ -227,7 +249,12 @@ class RedisStore(Store):
         if scheme in ("redis", "rediss"):
             # redis-py reads the scheme case-sensitively; URLs are not.
             url = scheme + url[len(parts.scheme) :]
-            client = redis.Redis.from_url(url, **common)  # does not connect
+            try:
+                client = redis.Redis.from_url(url, **common)  # does not connect
+            except ValueError:  # redis-py's message may quote the URL
+                raise ValueError(
+                    f"RedisStore: URL {mask_url(url)!r} is not valid; expected {_URL_FORMS}"
+                ) from None
             if _decodes_responses(client):
                 raise ValueError(
                     f"RedisStore: URL {mask_url(url)!r} asks for decode_responses; "
@@ -235,13 +262,16 @@ class RedisStore(Store):
                 )
             return lambda: client
 
-        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        # Split by hand, like mask_url: a password may hold "/", "?" or "#".
+        userinfo, _, located = url.partition("://")[2].rpartition("@")
+        hostinfo, slash, path_and_query = located.partition("/")
+        path, question, query = (slash + path_and_query).partition("?")
         username, _, password = userinfo.partition(":")
         credentials: dict[str, Any] = {
             "username": unquote(username) or None,
             "password": unquote(password) or None,
         }
-        if parts.query:
+        if question or query or "#" in path:
             raise ValueError(
                 f"RedisStore: URL {mask_url(url)!r}: {scheme}:// takes no query options; "
                 "for more control pass a client: RedisStore(client=...)"
@@ -250,7 +280,7 @@ class RedisStore(Store):
             raise ValueError(f"RedisStore: URL {mask_url(url)!r} names no host")
 
         if scheme.endswith("+cluster"):
-            if parts.path not in ("", "/", "/0"):
+            if path not in ("", "/", "/0"):
                 raise ValueError(
                     f"RedisStore: URL {mask_url(url)!r}: a Redis Cluster has only database 0"
                 )
@@ -264,8 +294,8 @@ class RedisStore(Store):
             )
 
         # redis+sentinel://hosts/service_name[/db]
-        path = [unquote(p) for p in parts.path.split("/") if p]
-        if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        names = [unquote(p) for p in path.split("/") if p]
+        if not names or len(names) > 2 or (len(names) == 2 and not names[1].isdigit()):
             raise ValueError(
                 f"RedisStore: URL {mask_url(url)!r}: a Sentinel URL ends in "
                 "/service_name or /service_name/db"
@@ -275,10 +305,13 @@ class RedisStore(Store):
             sentinel_kwargs={
                 "socket_timeout": self.timeout,
                 "socket_connect_timeout": self.timeout,
+                # redis-py's default would retry a Sentinel ten times with
+                # backoff: a hung Sentinel would then take ~50 x timeout.
+                "retry": Retry(NoBackoff(), 0),
             },
         )
         master = self._sentinel.master_for(  # does not connect
-            path[0], db=int(path[1]) if len(path) == 2 else 0, **credentials, **common
+            names[0], db=int(names[1]) if len(names) == 2 else 0, **credentials, **common
         )
         return lambda: master
 
@@ -290,6 +323,10 @@ class RedisStore(Store):
     def load(self, key: str) -> Record | None:
         try:
             raw = self._client.redis.get(key)
+        except ResponseError as exc:
+            if _wrong_type(exc):
+                return None  # another application's hash or list: not a session
+            raise self._fail("load", exc) from exc
         except _REDIS_ERRORS as exc:
             raise self._fail("load", exc) from exc
         return _record(raw, time.time())
@@ -301,66 +338,58 @@ class RedisStore(Store):
                 # Nothing to store: report only whether a live record was in the way.
                 return self.load(key) is None
             record = _pack(_new_token(), expires_at, value)
-            done = self._client.redis.set(key, record, px=ttl, nx=True)
+            if self._client.redis.set(key, record, px=ttl, nx=True):
+                return True
+            # Refused, or our own SET ran and the connection broke before the
+            # answer, and the retry was refused: the random token tells which.
+            return bool(self._client.redis.get(key) == record)
+        except ResponseError as exc:
+            if _wrong_type(exc):
+                return False
+            raise self._fail("insert", exc) from exc
         except _REDIS_ERRORS as exc:
             raise self._fail("insert", exc) from exc
-        return bool(done)
 
     def update(
         self, key: str, value: bytes, expires_at: float, version: Version | None = None
     ) -> bool:
-        ttl = _ttl_ms(expires_at, time.time())
+        now = time.time()
+        if version is not None and not _is_token(version):
+            return False  # not a version this store handed out: it cannot match
+        args = [repr(now), version or b"", _pack(_new_token(), expires_at, value)]
         try:
-            if version is None:
-                if ttl <= 0:
-                    return bool(self._client.redis.delete(key))
-                return bool(
-                    self._client.redis.set(
-                        key, _pack(_new_token(), expires_at, value), px=ttl, xx=True
-                    )
-                )
-            if not _is_token(version):
-                return False  # not a version this store handed out: it cannot match
-            done = self._client.update_if_version(
-                keys=[key],
-                args=[_FORMAT + version, _pack(_new_token(), expires_at, value), ttl],
-            )
+            done = self._client.update(keys=[key], args=[*args, _ttl_ms(expires_at, now)])
         except _REDIS_ERRORS as exc:
             raise self._fail("update", exc) from exc
         return bool(done)
 
     def delete(self, key: str, version: Version | None = None) -> bool:
+        if version is not None and not _is_token(version):
+            return False
         try:
-            if version is None:
-                return bool(self._client.redis.delete(key))
-            if not _is_token(version):
-                return False
-            return bool(self._client.delete_if_version(keys=[key], args=[_FORMAT + version]))
+            done = self._client.delete(keys=[key], args=[repr(time.time()), version or b""])
         except _REDIS_ERRORS as exc:
             raise self._fail("delete", exc) from exc
+        return bool(done)
 
     def touch(self, key: str, expires_at: float) -> bool:
-        ttl = _ttl_ms(expires_at, time.time())
+        now = time.time()
+        args = [repr(now), struct.pack(">d", expires_at), _ttl_ms(expires_at, now)]
         try:
-            done = self._client.touch(
-                keys=[key], args=[_FORMAT, struct.pack(">d", expires_at), ttl]
-            )
+            done = self._client.touch(keys=[key], args=args)
         except _REDIS_ERRORS as exc:
             raise self._fail("touch", exc) from exc
         return bool(done)
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
-        """Yield every live session record of the database, using ``SCAN``.
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        """Yield the live session records under ``prefix``, found with ``SCAN``.
 
-        ``SCAN`` never blocks Redis the way ``KEYS`` does; on a Cluster every
-        primary is scanned. Keys that hold something other than a session record
-        (another application's data in the same database) are skipped. A key
-        written or deleted during the scan may or may not be listed.
+        ``SCAN … MATCH prefix*`` never blocks Redis the way ``KEYS`` does, and
+        reads only the keys under the prefix; on a Cluster every primary is
+        scanned. Keys that hold something other than a session record (another
+        application's data) are skipped. A key written or deleted during the
+        scan may or may not be listed.
         """
-        yield from self.iter_records_with_prefix("")
-
-    def iter_records_with_prefix(self, prefix: str) -> Iterator[tuple[str, Record]]:
-        """:meth:`iter_records` for the keys that start with ``prefix`` only."""
         try:
             batch: list[bytes] = []
             for name in self._client.redis.scan_iter(
@@ -416,9 +445,13 @@ class _Client:
         self.redis: Any = client
         # Script objects only compute their SHA here; Redis gets the script on
         # first use (EVALSHA, and SCRIPT LOAD once when Redis does not know it).
-        self.update_if_version = client.register_script(_UPDATE_IF_VERSION)
-        self.delete_if_version = client.register_script(_DELETE_IF_VERSION)
+        self.update = client.register_script(_UPDATE)
+        self.delete = client.register_script(_DELETE)
         self.touch = client.register_script(_TOUCH)
+
+
+def _wrong_type(exc: ResponseError) -> bool:
+    return str(exc).startswith("WRONGTYPE")
 
 
 def _decodes_responses(client: Any) -> bool:

@@ -289,11 +289,13 @@ class SimpleKVStore(Store):
             if isinstance(stored, _Stored):
                 return stored
             if stored is None:
-                log.warning("%r: ignoring a value that is not a session record: %s", self, name)
+                # Not the name: another program's keys (Flask-KVSession's hold
+                # raw session IDs) must not end up in logs.
+                log.debug("%r: ignoring a value that is not a session record", self)
                 return None
             if pause is not None:
                 time.sleep(pause)
-        log.warning("%r: ignoring a value that stays cut off: %s", self, name)
+        log.warning("%r: ignoring a value that stays cut off", self)
         return None
 
     def _put(self, name: str, key: str, value: bytes, expires_at: float, version: int) -> None:
@@ -411,7 +413,10 @@ class SimpleKVStore(Store):
             if current is None or current.expires_at <= time.time():
                 return False
             # The whole value is rewritten (a KeyValueStore cannot change only
-            # an expiry), with the same version.
+            # an expiry), with the same version. Between the read and this put,
+            # another process may delete the record (a logout) or change it:
+            # this put then brings the old record back. That is the price of a
+            # store without compare-and-set, and why the docs say so.
             self._put(name, key, current.value, expires_at, current.version)
             return True
 
@@ -425,7 +430,7 @@ class SimpleKVStore(Store):
         decoded = decode_key(name)
         return decoded if decoded and self._name(decoded) == name else None
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
         """Every live record, with its original key.
 
         Lists all keys of the wrapped store first (simplekv's and minimalkv's
@@ -434,13 +439,16 @@ class SimpleKVStore(Store):
         of ours (Flask-KVSession's pickles, anything else) are skipped.
         """
         for name in self._names():
-            if decode_key(name) is None and not _HASHED_NAME.fullmatch(name):
+            decoded = decode_key(name)
+            if decoded is None and not _HASHED_NAME.fullmatch(name):
                 continue  # not a name this adapter writes: do not even read it
+            if decoded is not None and not decoded.startswith(prefix):
+                continue
             stored = self._read(name, None)
             if stored is None or stored.expires_at <= time.time():
                 continue
             key = self._key_of(name, stored)
-            if key is not None:
+            if key is not None and key.startswith(prefix):
                 yield key, Record(stored.value, stored.expires_at, stored.version)
 
     def cleanup(self) -> int:

@@ -574,7 +574,7 @@ class SQLAlchemyStore(Store):
         params = {"p_id": _hash(key), "p_now": time.time(), "p_expires_at": float(expires_at)}
         return self._rowcount("touch", self._touch_stmt, params) == 1
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
         # Pages by primary key, each page its own statement: no long read
         # transaction and no server-side cursor held while the caller works.
         after = ""
@@ -586,6 +586,8 @@ class SQLAlchemyStore(Store):
 
             rows = self._run("iter_records", page)
             for row in rows:
+                if not row.store_key.startswith(prefix):
+                    continue  # rows are in hash order: a prefix is no range here
                 yield (
                     row.store_key,
                     Record(bytes(row.data), float(row.expires_at), int(row.version)),

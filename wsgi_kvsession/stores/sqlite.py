@@ -176,18 +176,24 @@ class SQLiteStore(Store):
         )
         return cursor.rowcount == 1
 
-    def iter_records(self) -> Iterator[tuple[str, Record]]:
+    def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
         # Pages by key so that a long listing holds no read transaction open.
+        # Keys under a prefix are one contiguous range of the key order: start
+        # at the prefix, stop at the first key past it.
         last = ""
         while True:
             rows = self._execute(
                 f"SELECT key, value, expires_at, version FROM {self._t}"  # noqa: S608
-                " WHERE key > ? AND expires_at > ? ORDER BY key LIMIT 500",
-                (last, time.time()),
+                " WHERE key >= ? AND key > ? AND expires_at > ? ORDER BY key LIMIT 500",
+                (prefix, last, time.time()),
             ).fetchall()
             if not rows:
                 return
             for key, value, expires_at, version in rows:
+                if not key.startswith(prefix):
+                    if key > prefix:
+                        return
+                    continue
                 yield key, Record(bytes(value), expires_at, version)
             last = rows[-1][0]
 
