@@ -183,7 +183,8 @@ class RedisStore(Store):
     breaks is retried once, at once, on a fresh connection (so a pool recovers
     from a Redis restart without an error); a command that times out is not
     retried, so a Redis that hangs fails within ``timeout`` with a
-    :class:`StoreError`.
+    :class:`StoreError` (within two timeouts on a Cluster, whose client retries
+    a timeout once, and when the primary is looked up through a hung Sentinel).
     """
 
     def __init__(
