@@ -40,6 +40,7 @@ def _app(environ: Any, start_response: Any) -> list[bytes]:
         ({"secret_key": "short"}, "secrets.token_hex"),
         ({"secret_key": []}, "at least one key"),
         ({"on_store_error": "ignore"}, "on_store_error"),
+        ({"cookie_refresh": "always"}, "cookie_refresh"),
     ],
 )
 def test_invalid_options_fail_at_construction(options: dict[str, Any], message: str) -> None:
@@ -67,6 +68,7 @@ def test_defaults_are_safe() -> None:
     assert options.touch_interval == 60
     assert options.ids.id_bytes == 32
     assert options.save_on_server_error is False
+    assert options.cookie_refresh == "on_touch"
     assert options.on_store_error == "raise"
 
 

@@ -409,6 +409,49 @@ def test_rule_08_touch_of_a_browser_session_cookie_sends_no_cookie(
     assert set_cookies(response) == []
 
 
+def test_cookie_refresh_every_request_resends_a_permanent_cookie_without_a_write(
+    counting: CountingStore, clock: Clock
+) -> None:
+    client = client_for(
+        _routes, counting, idle_timeout=3600, touch_interval=60, cookie_refresh="every_request"
+    )
+    client.get("/permanent")
+    clock.advance(10)  # within touch_interval: no touch, but the cookie comes again
+    counting.reset()
+    response = client.get("/read")
+    assert counting.methods() == ["load"]
+    (cookie,) = set_cookies(response)
+    assert "Max-Age=3590" in cookie or "Max-Age=3589" in cookie  # the server's deadline
+    assert response.headers["Cache-Control"] == "no-store"
+    clock.advance(120)
+    counting.reset()
+    (cookie,) = set_cookies(client.get("/read"))
+    assert counting.methods() == ["load", "touch"]
+    assert "Max-Age=3600" in cookie or "Max-Age=3599" in cookie
+
+
+def test_cookie_refresh_every_request_never_resends_a_browser_session_cookie(
+    counting: CountingStore, clock: Clock
+) -> None:
+    client = client_for(_routes, counting, cookie_refresh="every_request")
+    client.get("/set?a=1")
+    assert set_cookies(client.get("/read")) == []
+
+
+def test_cookie_refresh_on_change_slides_the_deadline_but_sends_no_cookie(
+    counting: CountingStore, clock: Clock
+) -> None:
+    client = client_for(
+        _routes, counting, idle_timeout=3600, touch_interval=60, cookie_refresh="on_change"
+    )
+    client.get("/permanent")
+    clock.advance(120)
+    counting.reset()
+    response = client.get("/read")
+    assert counting.methods() == ["load", "touch"]
+    assert set_cookies(response) == []
+
+
 def test_rule_09_change_is_one_read_and_one_write(counting: CountingStore) -> None:
     client = client_for(_routes, counting)
     client.get("/set?a=1")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from wsgi_kvsession.stores import FileStore, MemoryStore, SQLiteStore, store_from_url
+from wsgi_kvsession.stores.base import mask_url
 
 
 def test_memory_url_gives_a_new_empty_store_each_call() -> None:
@@ -122,6 +123,14 @@ def test_an_unsupported_scheme_lists_every_accepted_form() -> None:
         "postgresql://app:secret@db.example/app",
         "mysql+pymysql://app:secret@db.example/app",
         "mariadb://app:secret@db.example:bad/app",
+        "redis://host:6379/0?password=secret",
+        "redis://user@host/0?db=1&password=secret&ssl_cert_reqs=none",
+        "rediss://host/0?username=u;PASSWORD=secret",
+        "postgresql://app@db.example/app?password=secret&sslmode=require",
+        "postgresql://app@db.example/app?sslpassword=secret",
+        "mysql+pymysql://app@db.example/app?passwd=secret",
+        "redis+sentinel://h1:26379/mymaster/0?password=secret",
+        "memcached://h1:11211?auth_token=secret",
     ],
 )
 def test_an_error_never_shows_the_password(url: str) -> None:
@@ -167,3 +176,17 @@ def test_plain_sqlite_stays_the_embedded_store(tmp_path: Path) -> None:
     assert type(store_from_url(f"sqlite+pysqlite:///{tmp_path}/x.db")).__name__ == (
         "SQLAlchemyStore"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:p@h:1/0?password=x&db=2", "redis://u:***@h:1/0?password=***&db=2"),
+        ("redis://:a/b?c#d@h/0", "redis://:***@h/0"),
+        ("postgresql://h/app?sslmode=require", "postgresql://h/app?sslmode=require"),
+        ("redis://user@h/0", "redis://user@h/0"),
+        ("x?token=abc", "x?token=***"),
+    ],
+)
+def test_mask_url_keeps_everything_but_the_secrets(url: str, shown: str) -> None:
+    assert mask_url(url) == shown

@@ -70,6 +70,9 @@ class KVSessionMiddleware:
         self.app = app
         self.store = store
         self.options = Options.from_kwargs(**options)
+        #: The options as given, for integrations that fill in the rest from
+        #: their framework's settings (explicit options win there).
+        self.option_kwargs: SessionOptions = options
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         session = Session(self.store, self.options, environ)

@@ -60,6 +60,11 @@ class SessionOptions(TypedDict, total=False):
     #: ``"raise"`` (default): a store failure is an error; ``"empty"``: log it
     #: and continue with an empty session that is not saved.
     on_store_error: Literal["raise", "empty"]
+    #: When a read-only request of a permanent session re-sends its cookie (a
+    #: changed session always does): ``"on_touch"`` (default) when its idle
+    #: deadline slid, ``"every_request"`` always (Flask's
+    #: ``SESSION_REFRESH_EACH_REQUEST``), ``"on_change"`` never.
+    cookie_refresh: Literal["on_touch", "every_request", "on_change"]
 
 
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
@@ -102,6 +107,7 @@ class Options:
     ids: IdCodec
     save_on_server_error: bool
     on_store_error: Literal["raise", "empty"]
+    cookie_refresh: Literal["on_touch", "every_request", "on_change"] = "on_touch"
 
     @classmethod
     def from_kwargs(cls, **options: Unpack[SessionOptions]) -> Options:
@@ -178,6 +184,12 @@ class Options:
             )
         if on_store_error not in ("raise", "empty"):
             raise ValueError(f"on_store_error={on_store_error!r}: use 'raise' or 'empty'")
+        cookie_refresh = options.get("cookie_refresh", "on_touch")
+        if cookie_refresh not in ("on_touch", "every_request", "on_change"):
+            raise ValueError(
+                f"cookie_refresh={cookie_refresh!r}: use 'on_touch', 'every_request' "
+                "or 'on_change'"
+            )
         return cls(
             cookie_name=cookie_name,
             cookie_path=cookie_path,
@@ -194,6 +206,7 @@ class Options:
             ids=IdCodec(options.get("id_bits", 256), options.get("secret_key")),
             save_on_server_error=bool(options.get("save_on_server_error", False)),
             on_store_error=on_store_error,
+            cookie_refresh=cookie_refresh,
         )
 
     def expires_at(self, created: float, now: float) -> float:

@@ -456,15 +456,17 @@ class Session(MutableMapping[str, Any]):
         # Read only: slide the idle deadline, at most once per touch_interval.
         expires_at = options.expires_at(self._created, now)
         moved = expires_at - record.expires_at
-        if (
-            moved > 0
-            and moved >= options.touch_interval
-            and self.store.touch(key, expires_at)
-            and self._permanent
-        ):
-            # A permanent cookie's Max-Age slides with the server's deadline.
-            return self._cookie(session_id, expires_at, now)
-        return None
+        if moved > 0 and moved >= options.touch_interval:
+            if not self.store.touch(key, expires_at):
+                return None  # gone meanwhile: no cookie for a record that is not there
+        elif options.cookie_refresh == "every_request":
+            expires_at = record.expires_at
+        else:
+            return None
+        if not self._permanent or options.cookie_refresh == "on_change":
+            return None
+        # A permanent cookie's Max-Age follows the server's deadline.
+        return self._cookie(session_id, expires_at, now)
 
     def _pack(self, data: bytes, now: float) -> bytes:
         return envelope.pack(

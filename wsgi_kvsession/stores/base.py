@@ -21,6 +21,7 @@ concurrency (DESIGN.md rules 10 and 11):
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -38,7 +39,12 @@ class StoreError(Exception):
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, fit for a message or a repr.
+    """``url`` with its secrets replaced by ``***``, fit for a message or a repr.
+
+    Masked: the password of the user information, and the value of any query
+    parameter whose name speaks of a secret (``?password=``, ``passwd``,
+    ``sslpassword``, ``pwd``, ``token``, ``secret``, ``auth``), which redis-py,
+    libpq and PyMySQL all accept.
 
     Not parsed with ``urlsplit``: a password may hold an unescaped ``/``, ``?``
     or ``#`` (base64 passwords often do), which would end the URL's authority
@@ -48,12 +54,22 @@ def mask_url(url: str) -> str:
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
-        return url
+        return _SECRET_QUERY_VALUE.sub(r"\1***", url)
     userinfo, at, hostinfo = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
+    hostinfo = _SECRET_QUERY_VALUE.sub(r"\1***", hostinfo)
+    if not at:
+        return f"{scheme}://{hostinfo}"
+    if ":" not in userinfo:
+        return f"{scheme}://{userinfo}@{hostinfo}"
     user = userinfo.partition(":")[0]
     return f"{scheme}://{user}:***@{hostinfo}"
+
+
+# A query parameter (after ?, & or ;) whose name holds one of these words: its
+# value runs to the next separator.
+_SECRET_QUERY_VALUE = re.compile(
+    r"([?&;][^=&;#]*(?:pass|pwd|secret|token|auth)[^=&;#]*=)[^&;#]*", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True, slots=True)
