@@ -153,6 +153,32 @@ def test_rule_02_secret_key_rotation_first_signs_all_verify(memory_store: Memory
     assert new_only.get("/read").text == "{}"
 
 
+def test_a_cookie_signed_with_a_fallback_key_is_signed_again_on_its_next_request(
+    counting: CountingStore,
+) -> None:
+    # Rotation keeps active sessions only if their cookies move to the new key
+    # before the old key is removed: a read-only request of a browser-session
+    # (not permanent) session re-sends the cookie, newly signed, without a write.
+    old = client_for(_routes, counting, secret_key="o" * 32)
+    old.get("/set?a=1")
+    rotated = client_for(_routes, counting, secret_key=["n" * 32, "o" * 32])
+    rotated.set_cookie("session", _cookie(old))
+    counting.reset()
+    response = rotated.get("/read")
+    assert counting.methods() == ["load"]
+    (cookie,) = set_cookies(response)
+    assert "Max-Age" not in cookie
+    resigned = _cookie(rotated)
+    assert resigned != _cookie(old)
+    assert resigned.split(".")[0] == _cookie(old).split(".")[0]  # same ID
+    # Once signed with the current key, the cookie is not sent again...
+    assert set_cookies(rotated.get("/read")) == []
+    # ...and it survives the old key's removal.
+    new_only = client_for(_routes, counting, secret_key="n" * 32)
+    new_only.set_cookie("session", resigned)
+    assert new_only.get("/read").text == "{'a': '1'}"
+
+
 @pytest.mark.parametrize("how", ["unknown", "expired", "destroyed"])
 def test_rule_03_strict_mode_never_adopts_an_id(
     memory_store: MemoryStore, clock: Clock, how: str

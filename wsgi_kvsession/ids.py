@@ -85,6 +85,13 @@ class IdCodec:
             return session_id
         return self._signer.sign(session_id).decode("ascii")
 
+    def signed_with_current_key(self, cookie_value: str, session_id: str) -> bool:
+        """Whether ``cookie_value`` (which :meth:`decode` accepted) is what
+        :meth:`encode` gives now, i.e. not signed with an older key: a cookie
+        signed with a fallback key must be sent again, newly signed, before
+        that key is retired."""
+        return self._signer is None or self.encode(session_id) == cookie_value
+
     def decode(self, cookie_value: str) -> str | None:
         """The ID in a cookie value, or ``None`` when the value is malformed.
 

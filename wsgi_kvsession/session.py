@@ -101,6 +101,8 @@ class Session(MutableMapping[str, Any]):
         #: A mutating method ran (it may still have left equal bytes).
         self._mutated = False
         self._request_had_cookie = False
+        #: The cookie was signed with an older (fallback) key: send it again.
+        self._resign = False
         #: A record was deleted by destroy() or regenerate() in this request.
         self._deleted = False
         self._store_failed = False
@@ -124,6 +126,7 @@ class Session(MutableMapping[str, Any]):
         for value in values:
             session_id = self.options.ids.decode(value)
             if session_id is not None:
+                self._resign = not self.options.ids.signed_with_current_key(value, session_id)
                 break
         if session_id is None:
             # Rule 2: never the value itself in the log, it may be a live ID.
@@ -450,7 +453,7 @@ class Session(MutableMapping[str, Any]):
                 return None
             if outcome is _Outcome.DELETED:
                 return expired_cookie(options)  # rule 7: emptied, so deleted
-            if self._permanent or permanent_changed:
+            if self._permanent or permanent_changed or self._resign:
                 return self._cookie(session_id, expires_at, now)
             return None
         # Read only: slide the idle deadline, at most once per touch_interval.
@@ -459,10 +462,13 @@ class Session(MutableMapping[str, Any]):
         if moved > 0 and moved >= options.touch_interval:
             if not self.store.touch(key, expires_at):
                 return None  # gone meanwhile: no cookie for a record that is not there
-        elif options.cookie_refresh == "every_request":
+        elif options.cookie_refresh == "every_request" or self._resign:
             expires_at = record.expires_at
         else:
             return None
+        if self._resign:
+            # Signed with a fallback key: re-sign now, before that key is retired.
+            return self._cookie(session_id, expires_at, now)
         if not self._permanent or options.cookie_refresh == "on_change":
             return None
         # A permanent cookie's Max-Age follows the server's deadline.

@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime
 import logging
 import random
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +119,11 @@ class KVSession(SessionMixin):
     def clear(self) -> None:
         self._session.clear()
 
+    def copy(self) -> dict[str, Any]:
+        """A shallow copy of the data as a plain dict: Flask's own sessions and
+        Flask-KVSession's are dicts, and apps call ``session.copy()``."""
+        return dict(self._session)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._session!r}>"
 
@@ -197,15 +201,33 @@ class KVSession(SessionMixin):
         self._session.destroy()
 
 
+#: The ``app.config`` keys each option is read from.
+CONFIG_KEYS = {
+    "cookie_name": "SESSION_COOKIE_NAME",
+    "cookie_domain": "SESSION_COOKIE_DOMAIN",
+    "cookie_path": "SESSION_COOKIE_PATH",
+    "cookie_httponly": "SESSION_COOKIE_HTTPONLY",
+    "cookie_secure": "SESSION_COOKIE_SECURE",
+    "cookie_samesite": "SESSION_COOKIE_SAMESITE",
+    "cookie_partitioned": "SESSION_COOKIE_PARTITIONED",
+    "idle_timeout": "PERMANENT_SESSION_LIFETIME",
+    "absolute_timeout": "PERMANENT_SESSION_LIFETIME",
+    "cookie_refresh": "SESSION_REFRESH_EACH_REQUEST",
+    "secret_key": "SECRET_KEY",
+    "id_bits": "SESSION_KEY_BITS",
+    "key_prefix": "SESSION_KEY_PREFIX",
+}
+
+
 class _AppState:
     """What one app's sessions need: the store and the explicit options."""
 
     def __init__(self, store: Store, option_kwargs: SessionOptions) -> None:
         self.store = store
         self.option_kwargs = option_kwargs
-        self._lock = threading.Lock()
-        self._options_key: tuple[Any, ...] | None = None
-        self._options: Options | None = None
+        #: The last configuration seen and its options, as ONE tuple so that
+        #: threads never pair one configuration with another's options.
+        self._cached: tuple[tuple[Any, ...], Options] | None = None
 
     def options(self, settings: dict[str, Any]) -> Options:
         """Options for ``settings`` (from the config) under the explicit options;
@@ -214,27 +236,43 @@ class _AppState:
             (name, tuple(value) if isinstance(value, list) else value)
             for name, value in settings.items()
         )
-        options = self._options
-        if options is not None and key == self._options_key:
-            return options
+        cached = self._cached
+        if cached is not None and cached[0] == key:
+            return cached[1]
         merged: dict[str, Any] = {**settings, **self.option_kwargs}
-        options = Options.from_kwargs(**merged)
-        with self._lock:
-            self._options_key, self._options = key, options
+        try:
+            options = Options.from_kwargs(**merged)
+        except (TypeError, ValueError) as exc:
+            # Name the config key a Flask user set, not only the option it maps to.
+            message = str(exc)
+            keys = [
+                key
+                for option, key in CONFIG_KEYS.items()
+                if option in settings and option not in self.option_kwargs and option in message
+            ]
+            if not keys:
+                raise
+            raise type(exc)(f"{message} (from app.config[{', '.join(keys)}])") from None
+        self._cached = (key, options)
         return options
 
 
 def _find_middleware(wsgi_app: Any) -> KVSessionMiddleware | None:
     """The KVSessionMiddleware in the chain of WSGI wrappers at ``app.wsgi_app``.
 
-    Wrappers such as ProxyFix keep the app they wrap as ``.app``; the search
-    follows that (and ``.wsgi_app``) a bounded number of steps.
+    Wrappers keep the app they wrap as ``.app`` (Werkzeug's ProxyFix and most
+    others), ``.application`` (WhiteNoise) or ``.wsgi_app``; the search follows
+    those a bounded number of steps.
     """
     for _ in range(32):
         if isinstance(wsgi_app, KVSessionMiddleware):
             return wsgi_app
-        wsgi_app = getattr(wsgi_app, "app", None) or getattr(wsgi_app, "wsgi_app", None)
-        if wsgi_app is None:
+        for attribute in ("app", "application", "wsgi_app"):
+            inner = getattr(wsgi_app, attribute, None)
+            if inner is not None:
+                wsgi_app = inner
+                break
+        else:
             return None
     return None
 
@@ -337,12 +375,21 @@ class KVSessionInterface(SessionInterface):
                 settings["secret_key"] = strong
         key_bits = config.get("SESSION_KEY_BITS")
         if key_bits is not None:
-            if not isinstance(key_bits, int) or key_bits < 128:
+            if (
+                not isinstance(key_bits, int)
+                or isinstance(key_bits, bool)
+                or not 128 <= key_bits <= 768
+                or key_bits % 8
+            ):
                 raise ValueError(
                     f"SESSION_KEY_BITS={key_bits!r}: session IDs need at least 128 random "
-                    "bits; remove the setting (the default is 256) or set 128 or more"
+                    "bits; remove the setting (the default is 256) or set a multiple of 8 "
+                    "from 128 to 768"
                 )
             settings["id_bits"] = key_bits
+        key_prefix = config.get("SESSION_KEY_PREFIX")  # Flask-Session's name
+        if key_prefix is not None:
+            settings["key_prefix"] = key_prefix
         source = config.get("SESSION_RANDOM_SOURCE")
         if source is not None and not isinstance(source, random.SystemRandom):
             raise ValueError(
