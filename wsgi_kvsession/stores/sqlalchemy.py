@@ -2,11 +2,64 @@
 
 PostgreSQL (psycopg 3), MariaDB/MySQL (PyMySQL) and SQLite are tested; any
 other dialect with a unique primary key works through the portable insert path.
+
+What bounds a wait, on an engine the store creates (``timeout`` in seconds;
+measured on Linux 6.18 with the tests' proxy and, for the kernel's part, with a
+real partition: every packet dropped between two network namespaces):
+
+PostgreSQL (psycopg 3)
+    Connecting: ``connect_timeout`` of ``ceil(timeout)`` whole seconds, at
+    least 2 (libpq's and psycopg's minimum). Each statement: the server's
+    ``statement_timeout`` (``timeout``, lock waits included) ends a slow
+    statement cleanly; and the client gives up ``timeout + 0.5`` s after
+    sending it, closing the connection, whose state is then unknown. Only this
+    client-side deadline bounds a server that holds the connection open but
+    never answers (a stopped or hung process, a hung proxy or pooler): there
+    the peer's kernel still acknowledges every packet, so TCP sees a healthy
+    connection (measured: still waiting after 25 s without the deadline). It
+    needs psycopg 3.2 or later (``Connection.wait`` with a ``timeout``); with
+    3.1 only the kernel's bounds below apply. The kernel's bounds, for a peer
+    that is gone (a partition, a host that lost power): ``tcp_user_timeout``
+    (``timeout`` in ms) ends a connection whose sent data stays unacknowledged
+    (measured with the same socket options: about ``timeout + 0.4`` s), and
+    keepalives (first probe after ``ceil(timeout)`` s of silence, then every
+    second) end one waiting for a reply (about ``ceil(timeout) + 1`` s); they
+    also clear dead connections idling in the pool. ``tcp_user_timeout`` works
+    on Linux only; elsewhere three unanswered probes end the connection.
+MariaDB/MySQL (PyMySQL)
+    ``connect_timeout``, ``read_timeout`` and ``write_timeout`` of ``timeout``:
+    every socket read or write fails after that long without progress, so a
+    hung server fails a statement after ``timeout`` (error 2013, "Lost
+    connection ... (timed out)"). mysqlclient takes whole seconds.
+SQLite
+    ``timeout`` is how long a writer waits for another one's lock.
+
+Values in the URL's query or in ``engine_options["connect_args"]`` win over
+these; ``-c statement_timeout`` is added to the ``options`` you give unless they
+set one. An ``Engine`` you pass in keeps its own settings.
+
+A failed operation is not retried after a timeout, so a dead or hung server
+costs one timeout per operation (plus connecting, for a new connection), and
+after a failure to connect the first use does not look for the table a second
+time. The one retry (besides a deadlock victim, which the database rolled back)
+is of a pooled connection found dead on first use: it failed as a disconnect,
+promptly, and had served earlier operations (the server restarted or killed
+it). Its statement may still have run if the server committed it and then
+lost the connection before replying; the retry then reports what it finds, so:
+an insert or update whose retry finds the row holding its own new version (a
+random 62-bit number drawn for that call) returns True, and False only when
+another write holds the row; a delete whose retry finds no live record left
+(for a compare-and-delete: none with any version) returns True, as the record
+is gone as asked, although it may have been absent all along (the first
+attempt never ran) or removed by another client: a client cannot tell these
+apart; a touch is idempotent (its retry finds the same record), except that
+one moving the expiry into the past then reports False.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import os
 import re
@@ -62,6 +115,14 @@ _PAGE = 100
 #: Attempts of a statement the database rolled back as a deadlock victim. Every
 #: operation is a single autocommit statement, so running it again is safe.
 _ATTEMPTS = 3
+
+#: How long after the server's statement_timeout psycopg stops waiting: a live
+#: server's own cancellation arrives first and keeps the connection usable.
+_CLIENT_GRACE = 0.5
+
+#: Set in a pooled connection's ``info`` when it is opened, taken by its first
+#: use: a connection that fails then was never "stale" and is not retried.
+_FRESH = "wsgi_kvsession.fresh"
 
 
 def define_table(
@@ -148,6 +209,73 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _show_url(url: URL) -> str:
+    """The URL for a repr or a message: SQLAlchemy hides the password of the
+    user information, and mask_url also the value of ``?password=``,
+    ``passwd``, ``sslpassword`` and other secret-looking query parameters."""
+    return mask_url(url.render_as_string(hide_password=True))
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a driver gave up waiting (PyMySQL's read timeout, our deadline)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc.orig if isinstance(exc, DBAPIError) else exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, TimeoutError):  # socket.timeout is TimeoutError
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, OSError)
+        or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+        or _timed_out(exc)
+    )
+
+
+def _mark_fresh(dbapi_connection: Any, connection_record: Any) -> None:
+    connection_record.info[_FRESH] = True
+
+
+def _psycopg_with_deadline(seconds: float) -> Any:
+    """A psycopg 3 ``Connection`` class whose waits for the server end after ``seconds``.
+
+    psycopg runs every statement as one ``wait`` on its socket (send, then
+    read the reply), with no limit of its own; this class gives each wait that
+    has none a deadline. When it expires the query is still in flight, so the
+    connection is closed (SQLAlchemy then sees a disconnect and drops it) and
+    the error is chained to a ``TimeoutError``, which tells ``_run`` not to
+    retry. ``None`` when psycopg is missing or older than 3.2.
+    """
+    try:
+        import psycopg
+        from psycopg import errors as pg_errors
+        from psycopg.abc import PQGen
+    except ImportError:  # pragma: no cover - depends on the environment
+        return None
+    wait_timeout: Any = getattr(pg_errors, "_WaitTimeout", None)
+    parameters = inspect.signature(psycopg.Connection.wait).parameters
+    if wait_timeout is None or "timeout" not in parameters or "interval" not in parameters:
+        return None  # pragma: no cover - psycopg 3.1: no bounded wait
+
+    class DeadlineConnection(psycopg.Connection[Any]):
+        def wait(self, gen: PQGen[_T], interval: float = 0.1, timeout: float | None = None) -> _T:
+            if timeout is not None:  # a caller's own limit (notifies, COPY)
+                return super().wait(gen, interval, timeout)
+            try:
+                return super().wait(gen, interval, seconds)
+            except wait_timeout as exc:
+                self.close()
+                raise psycopg.OperationalError(
+                    f"no reply from the server within {seconds:g} s; connection closed"
+                ) from TimeoutError(str(exc))
+
+    return DeadlineConnection
+
+
 def _is_deadlock(exc: DBAPIError) -> bool:
     orig = exc.orig
     if getattr(orig, "sqlstate", None) in ("40P01", "40001"):  # PostgreSQL
@@ -156,17 +284,29 @@ def _is_deadlock(exc: DBAPIError) -> bool:
     return bool(args) and args[0] in (1213,)  # MySQL/MariaDB ER_LOCK_DEADLOCK
 
 
-def _connect_args(url: URL, timeout: float) -> dict[str, Any]:
-    """Timeouts for the driver; whatever the URL's query sets wins."""
+def _connect_args(url: URL, timeout: float, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Timeouts for the driver, merged with ``given`` (the caller's connect_args).
+
+    What the URL's query or ``given`` sets wins, except that the server-side
+    ``statement_timeout`` is added to PostgreSQL ``options`` that set none.
+    """
     driver = url.get_driver_name()
     args: dict[str, Any] = {}
     if driver in ("psycopg", "psycopg2"):
-        # libpq takes whole seconds, at least 2.
-        args["connect_timeout"] = max(2, math.ceil(timeout))
-        # Bounds each statement on the server, lock waits included. psycopg has
-        # no client-side read timeout: a peer that vanishes mid-query is
-        # noticed through TCP keepalives (or tcp_user_timeout in the URL).
-        args["options"] = f"-c statement_timeout={max(1, round(timeout * 1000))}"
+        whole = max(1, math.ceil(timeout))  # libpq takes whole seconds here
+        args.update(
+            connect_timeout=max(2, whole),  # libpq's minimum is 2
+            # For a peer that is gone (see the module docstring): unacknowledged
+            # data ends the connection after `timeout`; silence while waiting
+            # for a reply is probed after `whole` seconds, then every second.
+            tcp_user_timeout=max(1, round(timeout * 1000)),
+            keepalives=1,
+            keepalives_idle=whole,
+            keepalives_interval=1,
+            keepalives_count=3,
+            # Bounds each statement on the server, lock waits included.
+            options=f"-c statement_timeout={max(1, round(timeout * 1000))}",
+        )
     elif driver == "pymysql":
         args.update(connect_timeout=timeout, read_timeout=timeout, write_timeout=timeout)
     elif driver == "mysqldb":
@@ -174,7 +314,17 @@ def _connect_args(url: URL, timeout: float) -> dict[str, Any]:
         args.update(connect_timeout=whole, read_timeout=whole, write_timeout=whole)
     elif driver == "pysqlite":
         args["timeout"] = timeout  # how long to wait for another writer's lock
-    return {name: value for name, value in args.items() if name not in url.query}
+    merged = {
+        name: value for name, value in args.items() if name not in url.query and name not in given
+    }
+    if "options" in args:
+        theirs = given.get("options", url.query.get("options"))
+        if isinstance(theirs, str):
+            merged.pop("options", None)
+            if "statement_timeout" not in theirs:
+                merged["options"] = f"{theirs} {args['options']}".strip()
+    merged.update({name: value for name, value in given.items() if name not in merged})
+    return merged
 
 
 def _skip_rollback_in_autocommit(dialect: sa.Dialect) -> None:
@@ -266,7 +416,7 @@ class SQLAlchemyStore(Store):
             )
         #: The engine the store runs its statements through.
         self.engine: Engine = engine
-        self._url_text = mask_url(url.render_as_string(hide_password=False))
+        self._url_text = _show_url(url)
         self._dialect = engine.dialect.name
         self._lock = threading.Lock()
         self._table_ready = False
@@ -306,8 +456,7 @@ class SQLAlchemyStore(Store):
             engine = sa.create_engine(url, **self._engine_settings(url, options))
         except NoSuchModuleError as exc:
             raise ValueError(
-                f"SQLAlchemyStore({mask_url(url.render_as_string(hide_password=False))!r}): "
-                f"unknown database dialect or driver: {exc}"
+                f"SQLAlchemyStore({_show_url(url)!r}): unknown database dialect or driver: {exc}"
             ) from exc
         except ImportError as exc:
             raise ImportError(
@@ -318,11 +467,26 @@ class SQLAlchemyStore(Store):
             raise ValueError(f"SQLAlchemyStore(engine_options=...): {exc}") from exc
         if engine.dialect.driver == "pymysql":
             _skip_rollback_in_autocommit(engine.dialect)
+        sa.event.listen(engine, "connect", _mark_fresh)
+        if engine.dialect.driver == "psycopg" and "creator" not in options:
+            connection_class = _psycopg_with_deadline(self.timeout + _CLIENT_GRACE)
+            if connection_class is not None:
+                # The dialect's own connect step (this engine's dialect object
+                # only), so that "do_connect" listeners still run before it and
+                # may change the parameters or connect by themselves.
+                def connect(*cargs: Any, **cparams: Any) -> Any:
+                    return connection_class.connect(*cargs, **cparams)
+
+                engine.dialect.connect = connect  # type: ignore[method-assign]
         return engine
 
     def _engine_settings(self, url: URL, options: dict[str, Any]) -> dict[str, Any]:
-        connect_args = _connect_args(url, self.timeout)
-        connect_args.update(options.pop("connect_args", {}))
+        given = options.pop("connect_args", None) or {}
+        if not isinstance(given, Mapping):
+            raise ValueError(
+                f"SQLAlchemyStore(engine_options={{'connect_args': {given!r}}}): give a dict"
+            )
+        connect_args = _connect_args(url, self.timeout, given)
         settings: dict[str, Any] = {
             # One statement per operation, so autocommit: no BEGIN/COMMIT round
             # trips (psycopg) and no open transaction between statements.
@@ -405,6 +569,9 @@ class SQLAlchemyStore(Store):
         self._delete_expired_stmt = sa.delete(t).where(
             c.id == p("p_id"), c.expires_at <= p("p_now")
         )
+        # After a retry: whose write is the row, and is there a live one?
+        self._version_stmt = sa.select(c.version).where(c.id == p("p_id"))
+        self._live_version_stmt = sa.select(c.version).where(live)
 
     def __repr__(self) -> str:
         return f"SQLAlchemyStore({self._url_text!r}, table={self.table.fullname!r})"
@@ -418,15 +585,23 @@ class SQLAlchemyStore(Store):
         another process is not an error.
         """
         try:
-            with self.engine.connect() as conn:
+            conn = self.engine.connect()
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(f"{self!r}: cannot connect: {_describe(exc)}") from exc
+        try:
+            with conn:
                 # DDL in the dialect's ordinary transactional mode, so that on
                 # PostgreSQL the table and its index appear together.
                 conn.execution_options(isolation_level=conn.default_isolation_level)
                 with conn.begin():
                     self.metadata.create_all(conn, checkfirst=checkfirst)
+                conn.info.pop(_FRESH, None)  # it has served: now a pooled one
         except (SQLAlchemyError, OSError) as exc:
-            if checkfirst and self._table_exists():
-                return  # another process created it in the meantime
+            # Another process may have created it in the meantime: look again,
+            # but not over a connection just lost or timed out, where the look
+            # would only wait (and fail) once more.
+            if checkfirst and not _connection_lost(exc) and self._table_exists():
+                return
             raise StoreError(f"{self!r}: cannot create the table: {_describe(exc)}") from exc
 
     def _table_exists(self) -> bool:
@@ -453,19 +628,49 @@ class SQLAlchemyStore(Store):
 
     # ----------------------------------------------------------------- running
 
-    def _run(self, what: str, work: Callable[[Connection], _T]) -> _T:
-        """Run ``work`` on a pooled connection; every error becomes StoreError."""
+    def _run(
+        self,
+        what: str,
+        work: Callable[[Connection], _T],
+        verify: Callable[[Connection], _T] | None = None,
+    ) -> _T:
+        """Run ``work`` on a pooled connection; every error becomes StoreError.
+
+        ``verify`` is for a write whose retry reports a refusal: the first
+        attempt may have been committed before its reply was lost, and
+        ``verify`` says (on the retry's connection) whether that write is there.
+        """
+        retried = False
         for attempt in range(1, _ATTEMPTS + 1):
+            started: float | None = None
+            pooled = False
             try:
                 self._prepare()  # raises StoreError itself
                 with self.engine.connect() as conn:
-                    return work(conn)
+                    # (An Engine passed in gets no listener marking new
+                    # connections: all of its connections count as pooled.)
+                    pooled = not conn.info.pop(_FRESH, False)
+                    started = time.monotonic()
+                    result = work(conn)
+                    if retried and verify is not None and not result:
+                        result = verify(conn)
+                    return result
             except DBAPIError as exc:
                 if attempt < _ATTEMPTS and _is_deadlock(exc):
                     continue  # the statement was rolled back as a whole
-                if attempt == 1 and exc.connection_invalidated:
-                    # A pooled connection the server had closed; the pool has
-                    # been emptied, so this attempt gets a fresh connection.
+                if (
+                    not retried
+                    and exc.connection_invalidated
+                    and pooled
+                    and started is not None
+                    and time.monotonic() - started < self.timeout
+                    and not _timed_out(exc)
+                ):
+                    # A pooled connection the server had closed (a restart, a
+                    # killed session), found dead on its first use: the pool
+                    # has been emptied, so this attempt gets a fresh one. Not
+                    # after a timeout: that would only double the wait.
+                    retried = True
                     continue
                 raise StoreError(f"{self!r}: {what} failed: {_describe(exc)}") from exc
             except (SQLAlchemyError, OSError) as exc:
@@ -479,6 +684,28 @@ class SQLAlchemyStore(Store):
 
         return self._run(what, work)
 
+    def _write(
+        self,
+        what: str,
+        stmt: sa.Executable,
+        params: dict[str, Any],
+        verify: Callable[[Connection], bool] | None,
+    ) -> bool:
+        def work(conn: Connection) -> bool:
+            return conn.execute(stmt, params).rowcount == 1
+
+        return self._run(what, work, verify)
+
+    def _holds(self, key_hash: str, version: int) -> Callable[[Connection], bool]:
+        """A check that the row under ``key_hash`` carries ``version``, this
+        call's own new version: then the write being retried was committed."""
+
+        def verify(conn: Connection) -> bool:
+            found = conn.execute(self._version_stmt, {"p_id": key_hash}).scalar()
+            return found is not None and int(found) == version
+
+        return verify
+
     # ---------------------------------------------------------------- protocol
 
     def load(self, key: str) -> Record | None:
@@ -491,7 +718,7 @@ class SQLAlchemyStore(Store):
         return self._run("load", work)
 
     def insert(self, key: str, value: bytes, expires_at: float) -> bool:
-        params = {
+        params: dict[str, Any] = {
             "p_id": _hash(key),
             "p_key": key,
             "p_data": bytes(value),
@@ -499,10 +726,11 @@ class SQLAlchemyStore(Store):
             "p_new_version": _new_version(),
             "p_ts": _utcnow(),
         }
+        verify = self._holds(params["p_id"], params["p_new_version"])
         if self._upsert_stmt is not None:
             params["p_now"] = time.time()
-            return self._rowcount("insert", self._upsert_stmt, params) == 1
-        return self._run("insert", lambda conn: self._insert_portable(conn, params))
+            return self._write("insert", self._upsert_stmt, params, verify)
+        return self._run("insert", lambda conn: self._insert_portable(conn, params), verify)
 
     def _insert_portable(self, conn: Connection, params: dict[str, Any]) -> bool:
         # MySQL/MariaDB (and other dialects). ON DUPLICATE KEY UPDATE cannot
@@ -553,7 +781,8 @@ class SQLAlchemyStore(Store):
             return False  # not a version this store ever handed out
         # rowcount counts matched rows on every tested driver (SQLAlchemy sets
         # CLIENT_FOUND_ROWS for MySQL drivers).
-        return self._rowcount("update", stmt, params) == 1
+        verify = self._holds(params["p_id"], params["p_new_version"])
+        return self._write("update", stmt, params, verify)
 
     def delete(self, key: str, version: Version | None = None) -> bool:
         # Only a live row counts; an expired one is left to cleanup() (and an
@@ -566,7 +795,16 @@ class SQLAlchemyStore(Store):
             params["p_version"] = version
         else:
             return False
-        return self._rowcount("delete", stmt, params) == 1
+
+        def verify(conn: Connection) -> bool:
+            # The retry removed nothing: if no live record is left, the first
+            # attempt most likely did (whose it was cannot be told; see the
+            # module docstring). A live record (for a plain delete there is
+            # none, or the retry would have removed it) is another's write.
+            live = {"p_id": params["p_id"], "p_now": time.time()}
+            return conn.execute(self._live_version_stmt, live).first() is None
+
+        return self._write("delete", stmt, params, verify)
 
     def touch(self, key: str, expires_at: float) -> bool:
         # Only the expiry: the version stays, so a compare-and-set by a request
