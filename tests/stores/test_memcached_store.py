@@ -7,7 +7,10 @@ Every server here is a memcached these tests start (tests/servers.py), so its
 from __future__ import annotations
 
 import math
+import os
 import secrets
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +29,7 @@ from .backend_memcached import start_memcached, url_of
 pymemcache = pytest.importorskip("pymemcache")
 from pymemcache.client.base import Client, PooledClient  # noqa: E402
 from pymemcache.client.hash import HashClient  # noqa: E402
+from pymemcache.exceptions import MemcacheUnexpectedCloseError  # noqa: E402
 
 from wsgi_kvsession.stores.memcache import (  # noqa: E402
     MemcacheStore,
@@ -232,21 +236,44 @@ def test_a_touch_by_another_process_does_not_defeat_the_version(
 # -------------------------------------------------------------------- outages
 
 
-def test_store_down_raises_store_error_within_the_timeout() -> None:
-    port = free_port()  # nothing listens there
-    store = MemcacheStore(f"memcached://127.0.0.1:{port}", timeout=1)  # never connects yet
-    for operation in (
+def _every_operation(store: MemcacheStore) -> list[Callable[[], object]]:
+    return [
         lambda: store.load("k"),
         lambda: store.insert("k", b"v", later()),
         lambda: store.update("k", b"v", later()),
         lambda: store.touch("k", later()),
         lambda: store.delete("k"),
-    ):
+    ]
+
+
+def test_store_down_raises_store_error_within_the_timeout() -> None:
+    port = free_port()  # nothing listens there
+    store = MemcacheStore(f"memcached://127.0.0.1:{port}", timeout=1)  # never connects yet
+    for operation in _every_operation(store):
         start = time.monotonic()
         with pytest.raises(StoreError) as raised:
             operation()
-        assert time.monotonic() - start < 10
+        assert time.monotonic() - start < 1 + 1.5
         assert f"MemcacheStore('memcached://127.0.0.1:{port}')" in str(raised.value)
+
+
+def test_a_server_that_never_answers_fails_within_the_timeout() -> None:
+    # The kernel completes the connection (the listener's backlog) but nothing
+    # ever reads the command: every operation waits out its one timeout, and
+    # a timeout is not retried (the command may be running on a slow server).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        port = listener.getsockname()[1]
+        store = MemcacheStore(f"memcached://127.0.0.1:{port}", timeout=1)
+        for operation in _every_operation(store):
+            start = time.monotonic()
+            with pytest.raises(StoreError, match="MemcacheStore") as raised:
+                operation()
+            elapsed = time.monotonic() - start
+            assert 1 <= elapsed < 1 + 1.5, elapsed
+            assert "timed out" in str(raised.value)
+        store.close()
 
 
 def test_a_password_in_the_url_is_refused_and_masked() -> None:
@@ -284,6 +311,55 @@ def test_idle_pooled_connections_survive_a_restart(server: ServerProcess, key: s
     assert store.load(key) is None
     assert store.insert(key, b"v", later()) is True
     assert store.touch(key, later()) is True
+
+
+def _holder(servers: list[ServerProcess], k: str) -> ServerProcess:
+    """The one server that holds ``k``."""
+    holding = [s for s in servers if direct(s).get(k) is not None]
+    assert len(holding) == 1
+    return holding[0]
+
+
+def _pool_of(store: MemcacheStore, k: str) -> Any:
+    """The connection pool of the ``PooledClient`` that serves ``k``."""
+    client = store._client
+    if isinstance(client, HashClient):
+        client = client.clients[client.hasher.get_node(k)]
+    return client.client_pool
+
+
+@pytest.mark.parametrize("nodes", [1, 2], ids=["one-server", "hash-client"])
+def test_a_restart_drops_every_stale_pooled_connection_before_the_retry(
+    tmp_path: Path, nodes: int
+) -> None:
+    servers = [start_memcached(tmp_path) for _ in range(nodes)]
+    try:
+        store = MemcacheStore(url_of(*servers), timeout=1)
+        k = "test:" + secrets.token_hex(32)
+        assert store.insert(k, b"v", later()) is True
+        # Four connections open at once, as four concurrent requests leave
+        # them: all connected, then idle in the pool.
+        pool = _pool_of(store, k)
+        held = [pool.get() for _ in range(4)]
+        for connection in held:
+            connection.version()  # connects
+        for connection in held:
+            pool.release(connection)
+        assert len(pool.free) >= 4
+        assert all(c.sock is not None for c in pool.free)
+        node = _holder(servers, k)
+        node.kill()
+        node.start()  # same port: every pooled connection is now stale
+        # The very first call succeeds: the first stale connection fails, the
+        # others are dropped with it, and the retry connects anew.
+        assert store.load(k) is None  # memcached keeps nothing across a restart
+        assert store.insert(k, b"again", later()) is True
+        record = store.load(k)
+        assert record is not None
+        assert record.value == b"again"
+    finally:
+        for s in servers:
+            s.stop()
 
 
 def _keys_by_node(
@@ -344,6 +420,293 @@ def test_a_node_going_away_fails_its_keys_loudly_and_spares_the_others(
     assert direct(dead).get(on_dead[0]) is not None
     for k in on_live:
         assert store.load(k) is not None
+
+
+def test_threads_see_only_store_errors_while_a_node_restarts(
+    pair: tuple[ServerProcess, ServerProcess],
+) -> None:
+    # pymemcache's HashClient keeps a map of failing nodes that its threads
+    # race on (KeyError from _failed_clients.pop when a node recovers) and
+    # that turns a failing node into misses: the store must bypass all of it.
+    store = MemcacheStore(url_of(*pair), timeout=1)
+    on_dead, on_live = _keys_by_node(store, pair)
+    dead_keys = set(on_dead)
+    dead = pair[0]
+    keys = on_dead + on_live
+    inf = float("inf")
+    phase = {"killed": inf, "down": inf, "restarting": inf, "restarted": inf}
+    # (start, end, key, error) of every failed call, (start, end) of every
+    # call on the stopped node's keys that succeeded.
+    errors: list[tuple[float, float, str, BaseException]] = []
+    dead_ok: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def worker(seed: int) -> None:
+        # No pause between calls: the race needs several threads calling the
+        # node at the moment it comes back. Bounded in count and time.
+        deadline = time.monotonic() + 30
+        for i in range(200_000):
+            if stop.is_set() or time.monotonic() > deadline:
+                return
+            k = keys[(seed * 7 + i) % len(keys)]
+            start = time.monotonic()
+            try:
+                record = store.load(k)
+                if record is None:
+                    store.insert(k, b"back", later())
+                else:
+                    store.update(k, b"value", later(), version=record.version)
+            except BaseException as exc:  # every kind, to be checked below
+                errors.append((start, time.monotonic(), k, exc))
+            else:
+                if k in dead_keys:
+                    dead_ok.append((start, time.monotonic()))
+
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(12)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        phase["killed"] = time.monotonic()
+        dead.kill()
+        phase["down"] = time.monotonic()  # kill() returns once the process is gone
+        time.sleep(0.7)
+        phase["restarting"] = time.monotonic()
+        dead.start()  # same port; returns once it accepts connections
+        phase["restarted"] = time.monotonic()
+        time.sleep(0.7)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(15)
+    assert not any(t.is_alive() for t in threads)
+
+    assert errors  # the outage was seen
+    assert [e for *_, e in errors if not isinstance(e, StoreError)] == []
+    # Each a connection failure (the store wraps every error in StoreError:
+    # its cause tells a refused connection from pymemcache's own KeyError).
+    assert [
+        e for *_, e in errors if not isinstance(e.__cause__, OSError | MemcacheUnexpectedCloseError)
+    ] == []
+    # Only the stopped node's keys fail, each with an error naming the node,
+    # and only while it is down: once it answers again, every call works.
+    assert [k for _, _, k, _ in errors if k not in dead_keys] == []
+    for start, end, _, e in errors:
+        assert f"node 127.0.0.1:{dead.port}" in str(e)
+        assert end >= phase["killed"]
+        assert start < phase["restarted"], f"failed after the restart: {e}"
+    # Never a miss, never a key served elsewhere: no call on the stopped
+    # node's keys succeeded while it was down...
+    assert [c for c in dead_ok if phase["down"] < c[0] and c[1] < phase["restarting"]] == []
+    # ...and the threads did use the node again once it was back.
+    assert [c for c in dead_ok if c[0] > phase["restarted"]]
+    survivor = direct(pair[1])
+    assert all(survivor.get(k) is None for k in on_dead)
+    for k in keys:
+        assert store.load(k) is not None
+
+
+# ----------------------------------------------------------- CAS and retries
+
+
+def test_a_server_without_cas_is_refused_with_a_clear_error(tmp_path: Path, key: str) -> None:
+    nocas = start_memcached(tmp_path, "-C")  # CAS disabled: every CAS unique is 0
+    try:
+        store = MemcacheStore(url_of(nocas), timeout=1)
+        assert store.insert(key, b"v", later()) is True  # add needs no CAS unique
+        for operation in (
+            lambda: store.load(key),
+            lambda: store.insert(key, b"again", later()),
+            lambda: store.update(key, b"w", later()),
+            lambda: store.touch(key, later()),
+            lambda: store.delete(key),
+        ):
+            with pytest.raises(StoreError, match="CAS is disabled") as raised:
+                operation()
+            assert "without -C" in str(raised.value)
+            assert repr(store) in str(raised.value)
+        # Nothing was changed by the refused writes.
+        value, _ = direct(nocas).gets(key)
+        assert value is not None
+        assert value.endswith(b"v")
+    finally:
+        nocas.stop()
+
+
+class LoseFirstReply:
+    """Wraps a client method: the first call runs on the server, then its
+    reply is lost as a connection the server dropped would lose it."""
+
+    def __init__(self, real: Callable[..., Any]) -> None:
+        self.real = real
+        self.lost = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.real(*args, **kwargs)
+        if not self.lost:
+            self.lost += 1
+            raise MemcacheUnexpectedCloseError()
+        return result
+
+
+def _lose_first_reply(
+    monkeypatch: pytest.MonkeyPatch, store: MemcacheStore, method: str
+) -> LoseFirstReply:
+    wrapper = LoseFirstReply(getattr(store._client, method))
+    monkeypatch.setattr(store._client, method, wrapper)
+    return wrapper
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["after-a-load", "cold"])
+@pytest.mark.parametrize("versioned", [True, False], ids=["versioned", "unversioned"])
+def test_a_delete_whose_reply_was_lost_still_reports_the_delete(
+    server: ServerProcess,
+    key: str,
+    monkeypatch: pytest.MonkeyPatch,
+    loaded: bool,
+    versioned: bool,
+) -> None:
+    writer = MemcacheStore(url_of(server))
+    assert writer.insert(key, b"v", later()) is True
+    record = writer.load(key)
+    assert record is not None
+    # "cold": a store that did not load the record first (another worker).
+    store = writer if loaded else MemcacheStore(url_of(server))
+    lossy = _lose_first_reply(monkeypatch, store, "cas")
+    assert store.delete(key, version=record.version if versioned else None) is True
+    assert lossy.lost == 1  # the tombstone was written, its answer lost, and retried
+    assert store.load(key) is None
+    assert store.delete(key) is False  # a second delete finds nothing
+    assert store.insert(key, b"new", later()) is True
+
+
+def test_an_insert_whose_reply_was_lost_still_reports_the_insert(
+    server: ServerProcess, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MemcacheStore(url_of(server))
+    lossy = _lose_first_reply(monkeypatch, store, "add")
+    assert store.insert(key, b"mine", later()) is True
+    assert lossy.lost == 1
+    record = store.load(key)
+    assert record is not None
+    assert record.value == b"mine"
+    assert store.insert(key, b"other", later()) is False  # a real conflict stays one
+
+
+def test_an_update_whose_reply_was_lost_still_reports_the_update(
+    server: ServerProcess, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MemcacheStore(url_of(server))
+    assert store.insert(key, b"v", later()) is True
+    record = store.load(key)
+    assert record is not None
+    lossy = _lose_first_reply(monkeypatch, store, "cas")
+    assert store.update(key, b"w", later(), version=record.version) is True
+    assert lossy.lost == 1
+    after = store.load(key)
+    assert after is not None
+    assert after.value == b"w"
+
+
+# ------------------------------------------------------------------- fork
+
+
+def _total_connections(watchers: list[Client]) -> int:
+    return sum(int(w.stats()[b"total_connections"]) for w in watchers)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+@pytest.mark.parametrize("kind", ["one-server", "hash-client", "given-client"])
+def test_a_forked_child_uses_its_own_connections(tmp_path: Path, kind: str) -> None:
+    servers = [start_memcached(tmp_path) for _ in range(2 if kind == "hash-client" else 1)]
+    try:
+        if kind == "given-client":
+            given = PooledClient(("127.0.0.1", servers[0].port), no_delay=True, timeout=5)
+            store = MemcacheStore(client=given)
+        else:
+            store = MemcacheStore(url_of(*servers))
+        key = "test:" + secrets.token_hex(32)
+        child_key = "test:" + secrets.token_hex(32)
+        assert store.insert(key, b"parent", later()) is True  # a pooled connection
+        # ...and one to child_key's node too (it may be another node): with the
+        # parent's connections at hand, only fork handling makes the child connect.
+        assert store.load(child_key) is None
+        # Open (and count) the watchers' own connections before the baseline.
+        watchers = [direct(s) for s in servers]
+        before = _total_connections(watchers)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reports by exit code
+            code = 1
+            try:
+                record = store.load(key)
+                if record is None or record.value != b"parent":
+                    code = 2
+                elif not store.update(key, b"child", later(), version=record.version):
+                    code = 3
+                elif not store.insert(child_key, b"from the child", later()):
+                    code = 4
+                else:
+                    code = 0
+            except BaseException:
+                code = 5
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status), status
+        assert os.WEXITSTATUS(status) == 0, "child exit code (see the test for the meaning)"
+        # The child opened connections of its own instead of using the parent's.
+        after_child = _total_connections(watchers)
+        assert after_child > before
+        # The parent's pooled connection is intact: used again, no new one.
+        record = store.load(key)
+        assert record is not None
+        assert record.value == b"child"
+        assert _total_connections(watchers) == after_child
+        assert store.load(child_key) is not None
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_threads_that_find_the_store_forked_build_one_client(
+    server: ServerProcess, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = MemcacheStore(url_of(server))
+    assert store.insert(key, b"v", later()) is True
+    parent_client = store._client
+    builds: list[int] = []
+    real_build = store._build_client
+
+    def slow_build(servers: list[tuple[str, int]]) -> Any:
+        builds.append(threading.get_ident())
+        time.sleep(0.2)  # a wide window for a second thread to build as well
+        return real_build(servers)
+
+    monkeypatch.setattr(store, "_build_client", slow_build)
+    store._pid = -1  # as in a forked child: the client belongs to another process
+    barrier = threading.Barrier(8)
+    values: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            barrier.wait(10)
+            record = store.load(key)
+            values.append(b"" if record is None else record.value)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert values == [b"v"] * 8
+    assert len(builds) == 1
+    assert store._client is not parent_client
+    assert store._pid == os.getpid()
 
 
 # ----------------------------------------------------------------- expiry/TTL
@@ -536,7 +899,6 @@ def test_a_ready_client_is_used_and_a_plain_client_is_serialised(
     record = store.load(key)
     assert record is not None
     assert store.update(key, b"w", later(), version=record.version) is True
-    assert not isinstance(store._client_lock, type(None))
     hashed = HashClient(
         [("127.0.0.1", server.port)],
         use_pooling=True,
@@ -544,6 +906,43 @@ def test_a_ready_client_is_used_and_a_plain_client_is_serialised(
         retry_timeout=float("-inf"),
     )
     assert MemcacheStore(client=hashed).load(key) is not None
+
+
+def test_a_given_plain_client_is_shared_safely_between_threads(server: ServerProcess) -> None:
+    # A plain Client is one socket: unless the store serialises its calls,
+    # threads interleave commands and read each other's replies.
+    plain = Client(("127.0.0.1", server.port), no_delay=True, connect_timeout=5, timeout=5)
+    store = MemcacheStore(client=plain)
+    barrier = threading.Barrier(8)
+    problems: list[object] = []
+
+    def worker(n: int) -> None:
+        try:
+            barrier.wait(10)
+            for i in range(40):
+                k = f"test:{n}:{i}:" + secrets.token_hex(8)
+                value = f"{n}-{i}".encode() * 50
+                if store.insert(k, value, later()) is not True:
+                    problems.append(("insert", k))
+                record = store.load(k)
+                if record is None or record.value != value:
+                    problems.append(("load", k, record))
+                    continue
+                if store.update(k, value[::-1], later(), version=record.version) is not True:
+                    problems.append(("update", k))
+                again = store.load(k)
+                if again is None or again.value != value[::-1]:
+                    problems.append(("reload", k, again))
+        except BaseException as exc:
+            problems.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert problems == []
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,29 @@ Atomicity comes from memcached's ``add`` (insert-if-absent) and ``gets``/``cas``
   token and value, which is why it is a ``cas`` and not memcached's ``touch``
   (that would leave the header's expiry stale);
 * delete: memcached has no compare-and-delete, so a delete is a ``cas`` to an
-  empty tombstone with a negative exptime, which memcached treats as "expired
-  at once" (and the tombstone's header says expired too). It is atomic, with or
-  without a version: nothing written after the read can be deleted by mistake.
+  empty tombstone whose header says expired. It is atomic, with or without a
+  version: nothing written after the read can be deleted by mistake. The
+  tombstone carries a token of its own and memcached keeps it a few seconds
+  (longer than a retry can take, see below), so that a delete whose answer a
+  dropped connection lost recognises its own tombstone when it reads again.
+  (An insert under a key deleted seconds ago replaces the tombstone with a
+  ``gets`` + ``cas`` after its ``add`` fails; session keys are never reused.)
+
+A command that fails on a connection the server closed (a restarted memcached,
+a reply lost on the way) is sent once more on a new connection, after every
+idle connection to that server is dropped (they are all stale after a
+restart). Every write is built so that meeting its own earlier result counts
+as success: an ``add`` or ``cas`` finds its own token, a delete its own
+tombstone.
+
+Every write needs memcached's CAS uniques: a server started with ``-C`` (CAS
+disabled) answers 0 for every item, which the store refuses with a
+:class:`StoreError` that says so.
+
+After a ``fork()``, the child never uses the parent's connections: the first
+call in a new process drops them (closing only the child's copies of the
+descriptors, which leaves the parent's connections open) and builds a new
+client.
 
 The exptime sent to memcached is relative seconds up to 30 days and an
 absolute Unix time beyond (memcached reads anything over 2,592,000 as absolute,
@@ -48,6 +68,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import secrets
 import struct
 import sys
@@ -64,7 +85,8 @@ from .base import Record, Store, StoreError, Version, mask_url
 try:
     from pymemcache.client.base import Client, PooledClient
     from pymemcache.client.hash import HashClient
-    from pymemcache.exceptions import MemcacheUnexpectedCloseError
+    from pymemcache.exceptions import MemcacheError, MemcacheUnexpectedCloseError
+    from pymemcache.pool import ObjectPool
     from pymemcache.serde import LegacyWrappingSerde
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
@@ -76,10 +98,9 @@ __all__ = ["MemcacheStore"]
 DEFAULT_PORT = 11211
 
 # Item layout: magic, expiry (Unix time, float64), version token (uint64), value.
+# A tombstone (a deleted record) is a header alone whose expiry is 0.0.
 _MAGIC = b"KVM1"
 _HEADER = struct.Struct(">4sdQ")
-#: The header of a deleted record: expired, token 0 (no live record has it).
-_TOMBSTONE = _HEADER.pack(_MAGIC, 0.0, 0)
 
 #: memcached reads an exptime above this (30 days) as an absolute Unix time.
 _MAX_RELATIVE = 30 * 24 * 3600
@@ -102,10 +123,15 @@ _MAX_ATTEMPTS = 64
 _SEEN_ENTRIES = 1024
 _SEEN_BYTES = 8 * 1024 * 1024
 
-#: Errors of a connection the server closed while it sat idle in the pool (a
-#: restarted memcached): the command never reached a live server, so the call
-#: is retried once on a fresh connection (see ``_call``).
+#: Errors of a connection the server closed: one that sat idle in the pool
+#: while memcached restarted, or one dropped before the reply came. The call is
+#: retried once on a fresh connection (see ``_call``).
 _STALE_CONNECTION = (MemcacheUnexpectedCloseError, ConnectionResetError, BrokenPipeError)
+#: A failure that says the server went away (refused, reset, closed): the
+#: server's idle pooled connections are dropped too, as they are most likely as
+#: dead. A timeout is not one: a slow server has not restarted, and dropping
+#: its connections would only add connects to a server already struggling.
+_CONNECTION_ERROR = (MemcacheUnexpectedCloseError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +245,27 @@ def _server_text(server: object) -> str:
     return str(server)
 
 
+class _NoFailoverHashClient(HashClient):  # type: ignore[misc]
+    """A ``HashClient`` without failover: every call goes to its key's node.
+
+    pymemcache's bookkeeping of failing nodes first answers a failing node's
+    calls with a default (a read becomes a miss), then removes the node so that
+    its keys hash to another node; and it is not thread-safe (two threads that
+    see a node recover both ``_failed_clients.pop`` it: KeyError). For sessions
+    a miss is a logged-out user, and a session written to another node is lost
+    again when its node returns. Here a call to a node that is down simply
+    raises, every time, and the node is used again as soon as it answers.
+    """
+
+    def _safely_run_func(
+        self, client: Any, func: Any, default_val: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        return func(*args, **kwargs)
+
+    def _mark_failed_server(self, server: Any) -> None:
+        pass  # no bookkeeping: nothing ever reads it
+
+
 class MemcacheStore(Store):
     """Keeps records in memcached, through pymemcache.
 
@@ -231,23 +278,23 @@ class MemcacheStore(Store):
       ``HashClient``), used as it is (its own timeouts and options apply).
 
     One server gets a ``PooledClient`` (pymemcache's plain ``Client`` is one
-    socket, not safe to share between threads), several a
-    ``HashClient(use_pooling=True)``. Both set TCP_NODELAY (without it each
-    request waits ~40 ms on Nagle's algorithm meeting delayed ACKs) and bound
-    connecting and every call by ``timeout`` seconds. A plain ``Client`` (or a
-    ``HashClient`` without pooling) passed as ``client`` works too: the store
-    then serialises its calls with a lock.
+    socket, not safe to share between threads), several a ``HashClient`` with
+    pooling. Both set TCP_NODELAY (without it each request waits ~40 ms on
+    Nagle's algorithm meeting delayed ACKs) and bound connecting and every call
+    by ``timeout`` seconds. A plain ``Client`` (or a ``HashClient`` without
+    pooling) passed as ``client`` works too: the store then serialises its
+    calls with a lock.
 
-    A key always lives on the one node the hash picks. The ``HashClient`` the
-    store builds never marks a node dead: with pymemcache's defaults a failing
-    node is first skipped (its reads answered with "miss" without asking it),
-    then removed so its keys hash to another node. For sessions a miss means a
-    logged-out user, and a new session on another node would be lost again when
-    the node returns; so ``ignore_exc=False``, ``retry_attempts`` is never
-    reached and ``retry_timeout`` is always passed (every call tries the node
-    again): each operation on a key of a node that is down raises
-    :class:`StoreError`, keys of the other nodes keep working, and the node is
-    used again as soon as it answers.
+    A key always lives on the one node the hash picks, and there is no
+    failover: with pymemcache's defaults a failing node is first skipped (its
+    reads answered with "miss" without asking it), then removed so its keys
+    hash to another node. For sessions a miss means a logged-out user, and a
+    new session on another node would be lost again when the node returns. So
+    the store sends each command to its key's node itself, past any
+    ``HashClient``'s failover bookkeeping (which is also not thread-safe), and
+    the ``HashClient`` it builds has none: each operation on a key of a node
+    that is down raises :class:`StoreError`, keys of the other nodes keep
+    working, and the node is used again as soon as it answers.
     """
 
     supports_versioning = True
@@ -270,6 +317,8 @@ class MemcacheStore(Store):
             raise ValueError(f"MemcacheStore(timeout={timeout!r}): give seconds > 0")
         self.timeout = float(timeout)
         self.url: str | None = None
+        #: The servers the store builds its client for; None for a given client.
+        self._parsed: list[tuple[str, int]] | None = None
         if client is not None:
             _check_client(client)
             self._client: Any = client
@@ -292,20 +341,33 @@ class MemcacheStore(Store):
                     for s in servers
                 ]
             self._servers = [_server_text(s) for s in parsed]
+            self._parsed = parsed
             self._client = self._build_client(parsed)
+        #: The process the client's connections belong to (see ``_check_fork``).
+        self._pid = os.getpid()
+        #: One lock per process that rebuilds the client after a fork. A lock
+        #: inherited from the parent may have been held by one of its threads
+        #: at the fork, and would never be released in the child; a dict's
+        #: setdefault is atomic, so the child's threads all get the same new one.
+        self._fork_locks: dict[int, threading.Lock] = {}
         self._hash_client = isinstance(self._client, HashClient)
         # pymemcache's Client is one socket: calls on it must not interleave.
-        unsafe = isinstance(self._client, Client) or (
+        self._unsafe = isinstance(self._client, Client) or (
             self._hash_client and not getattr(self._client, "use_pooling", False)
         )
-        self._client_lock: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if unsafe else contextlib.nullcontext()
-        )
+        self._client_lock = self._new_client_lock()
         prefix = getattr(self._client, "key_prefix", b"") or b""
         self._max_key = _MAX_KEY - len(prefix)
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._seen_bytes = 0
         self._seen_lock = threading.Lock()
+        # Long enough for a delete to read back its own tombstone after a lost
+        # reply: the failed call, a reconnect, the retry and the read that
+        # follows are each bounded by the timeout (see ``delete``).
+        self._tombstone_exptime = min(math.ceil(4 * self.timeout) + _EXPIRY_SLACK, _MAX_RELATIVE)
+
+    def _new_client_lock(self) -> contextlib.AbstractContextManager[Any]:
+        return threading.Lock() if self._unsafe else contextlib.nullcontext()
 
     def _build_client(self, servers: list[tuple[str, int]]) -> Any:
         common: dict[str, Any] = {
@@ -318,19 +380,11 @@ class MemcacheStore(Store):
         }
         if len(servers) == 1:
             return PooledClient(servers[0], **common)
-        return HashClient(
+        return _NoFailoverHashClient(
             servers,
             use_pooling=True,
             # Errors raise, never turn into a miss (see the class docstring).
             ignore_exc=False,
-            # A node is never marked dead and removed from the hash ring (its
-            # keys would move to another node): the attempts are never exhausted...
-            retry_attempts=sys.maxsize,
-            # ...and the wait between retries is always over, so no call is
-            # answered with a silent default while a node is "failed".
-            retry_timeout=float("-inf"),
-            # Unused, since no node is ever marked dead.
-            dead_timeout=0,
             **common,
         )
 
@@ -341,6 +395,32 @@ class MemcacheStore(Store):
 
     # --------------------------------------------------------------- plumbing
 
+    def _check_fork(self) -> None:
+        """In a forked child, drop the parent's connections before any call.
+
+        Two processes sharing one connection would interleave their commands
+        and read each other's replies (another user's session). Every public
+        method calls this first, before it takes any of the store's locks.
+        """
+        pid = os.getpid()
+        if pid == self._pid:
+            return
+        with self._fork_locks.setdefault(pid, threading.Lock()):
+            if self._pid == pid:
+                return  # another thread of this process did it
+            # Every lock and the map of loads may have been in use by a parent
+            # thread at the fork: start afresh rather than wait on them.
+            _close_inherited(self._client)
+            if self._parsed is not None:
+                self._client = self._build_client(self._parsed)
+            else:
+                _reset_pools(self._client)  # the caller's client, kept
+            self._client_lock = self._new_client_lock()
+            self._seen = OrderedDict()
+            self._seen_bytes = 0
+            self._seen_lock = threading.Lock()
+            self._pid = pid  # last: other threads see a ready store
+
     def _key(self, key: str) -> str:
         return _memcached_key(key, self._max_key)
 
@@ -350,20 +430,35 @@ class MemcacheStore(Store):
                 return f" on node {self._client.hasher.get_node(mkey)}"
         return ""
 
+    def _node(self, mkey: str) -> Any:
+        """The client of the one server that holds ``mkey``."""
+        if not self._hash_client:
+            return self._client
+        # Straight to the node's client: a HashClient's own call path runs its
+        # failover bookkeeping (see the class docstring).
+        node = self._client.hasher.get_node(mkey)
+        if node is None:
+            raise MemcacheError("the HashClient has no server left")
+        return self._client.clients[node]
+
     def _call(self, action: str, method: str, mkey: str, *args: Any, **kwargs: Any) -> Any:
         """Run one pymemcache command, turning every failure into StoreError."""
-        function = getattr(self._client, method)
         for attempt in (1, 2):
+            node = None
             try:
+                node = self._node(mkey)
                 with self._client_lock:
-                    return function(mkey, *args, **kwargs)
-            except _STALE_CONNECTION as exc:
-                # A pooled connection the server closed while it was idle (the
-                # server restarted): the server never saw the command, so try
-                # once more on a new connection. Should the command have been
-                # executed after all, the retry meets its result: the loops
-                # below recognise their own token, a delete finds nothing.
-                if attempt == 1:
+                    return getattr(node, method)(mkey, *args, **kwargs)
+            except _CONNECTION_ERROR as exc:
+                # After a restart every idle connection to the server is stale:
+                # drop them all, or the retry would take the next stale one.
+                if node is not None and not isinstance(exc, TimeoutError):
+                    _drop_idle(node)
+                # A connection the server closed (restarted, or dropped before
+                # the reply): try once more on a new connection. Should the
+                # command have been executed after all, the retry meets its
+                # result: the write loops below recognise their own token.
+                if attempt == 1 and isinstance(exc, _STALE_CONNECTION):
                     continue
                 raise self._fail(action, mkey, exc) from exc
             except Exception as exc:  # every client-library failure
@@ -389,6 +484,14 @@ class MemcacheStore(Store):
         raw, cas = answer
         if raw is None:
             return None, None
+        if not isinstance(cas, bytes) or not cas.isdigit() or int(cas) == 0:
+            # memcached -C answers 0 for every item: each cas would then fail
+            # as if another writer had changed the item, forever.
+            raise StoreError(
+                f"{self!r}: {action} failed{self._where(mkey)}: memcached answered "
+                f"the CAS unique {cas!r}: CAS is disabled on the server, and every "
+                "write of this store needs it (start memcached without -C)"
+            )
         return _unpack(raw), cas
 
     def _cas(self, action: str, mkey: str, data: bytes, cas: bytes, exptime: int) -> bool | None:
@@ -431,6 +534,7 @@ class MemcacheStore(Store):
     # ---------------------------------------------------------------- protocol
 
     def load(self, key: str) -> Record | None:
+        self._check_fork()
         mkey = self._key(key)
         item, cas = self._gets("load", mkey)
         if item is None or cas is None or item.expires_at <= time.time():
@@ -440,6 +544,7 @@ class MemcacheStore(Store):
         return Record(item.value, item.expires_at, item.token)
 
     def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+        self._check_fork()
         mkey = self._key(key)
         self._forget(mkey)
         token = _new_token()
@@ -465,6 +570,7 @@ class MemcacheStore(Store):
     def update(
         self, key: str, value: bytes, expires_at: float, version: Version | None = None
     ) -> bool:
+        self._check_fork()
         mkey = self._key(key)
         token = _new_token()
         data = _pack(expires_at, token, value)
@@ -503,25 +609,36 @@ class MemcacheStore(Store):
         # A cas to an expired tombstone: a compare-and-delete in one atomic step
         # (a gets + delete would leave a window in which a newer write could be
         # deleted by a delete that compared an older version).
+        self._check_fork()
         mkey = self._key(key)
+        # The tombstone's own token: should a dropped connection lose the
+        # answer to its cas, the retried cas fails (the item changed: it is
+        # the tombstone), and the read that follows finds this token. That is
+        # why memcached keeps the tombstone a few seconds rather than dropping
+        # it at once: a tombstone gone already would read as "nothing there".
+        token = _new_token()
+        tombstone = _pack(0.0, token, b"")
+        exptime = self._tombstone_exptime
         seen = self._forget(mkey)
         if (
             seen is not None
             and (version is None or seen.token == version)
             and seen.expires_at > time.time()
         ):
-            done = self._cas("delete", mkey, _TOMBSTONE, seen.cas, _EXPIRED)
+            done = self._cas("delete", mkey, tombstone, seen.cas, exptime)
             if done is None:
                 return False
             if done:
                 return True
         for _ in range(_MAX_ATTEMPTS):
             item, cas = self._gets("delete", mkey)
+            if item is not None and item.token == token:
+                return True  # our own tombstone, whose answer a dropped connection lost
             if item is None or cas is None or item.expires_at <= time.time():
                 return False
             if version is not None and item.token != version:
                 return False
-            done = self._cas("delete", mkey, _TOMBSTONE, cas, _EXPIRED)
+            done = self._cas("delete", mkey, tombstone, cas, exptime)
             if done is None:
                 return False
             if done:
@@ -531,6 +648,7 @@ class MemcacheStore(Store):
     def touch(self, key: str, expires_at: float) -> bool:
         # Rewrites the header (same token, same value) with a cas, so the
         # expiry every read checks moves with memcached's own.
+        self._check_fork()
         mkey = self._key(key)
         seen = self._forget(mkey)
         if seen is not None and seen.expires_at > time.time():
@@ -565,6 +683,7 @@ class MemcacheStore(Store):
 
     def close(self) -> None:
         """Close every pooled connection; the next call opens new ones."""
+        self._check_fork()
         with self._seen_lock:
             self._seen.clear()
             self._seen_bytes = 0
@@ -627,6 +746,75 @@ def _check_client(client: Any) -> None:
             "writes bytes and must read bytes back (a serde could unpickle foreign data): "
             "pass a client without one"
         )
+
+
+def _connections(client: Any) -> list[Any]:
+    """The pymemcache ``Client`` objects (one socket each) behind ``client``."""
+    nodes = list(client.clients.values()) if isinstance(client, HashClient) else [client]
+    found: list[Any] = []
+    for node in nodes:
+        pool = getattr(node, "client_pool", None)
+        if isinstance(pool, ObjectPool):
+            # The pool's lock is not taken (see _close_inherited): reading the
+            # deques may race with a thread of this process, which a retry of
+            # the copy would not fix either, so a failure leaves them be.
+            with contextlib.suppress(RuntimeError):
+                found += [*pool.free, *pool.used]
+        else:
+            found.append(node)
+    return found
+
+
+def _close_inherited(client: Any) -> None:
+    """In a forked child: close the child's copies of the parent's sockets.
+
+    Closing a descriptor the parent holds as well does not end the connection
+    (nothing is sent to the server; only ``shutdown`` would), so the parent's
+    connections live on. No lock of the client is taken: a parent thread may
+    have held one at the fork, and in the child it would never be released.
+    """
+    for connection in _connections(client):
+        with contextlib.suppress(Exception):
+            connection.close()
+
+
+def _reset_pools(client: Any) -> None:
+    """Give each pooled node of a caller's client a new, empty pool (the old
+    one's lock may be held for ever in a forked child, see _close_inherited).
+
+    The new pool keeps the old one's size limit and idle timeout; its lock is a
+    plain ``threading.Lock`` (a pool's ``lock_generator`` is not kept by it).
+    """
+    nodes = list(client.clients.values()) if isinstance(client, HashClient) else [client]
+    for node in nodes:
+        old = getattr(node, "client_pool", None)
+        if isinstance(old, ObjectPool) and callable(getattr(node, "_create_client", None)):
+            node.client_pool = ObjectPool(
+                node._create_client,
+                after_remove=lambda connection: connection.close(),
+                max_size=old.max_size,
+                idle_timeout=old.idle_timeout,
+            )
+
+
+def _drop_idle(node: Any) -> None:
+    """Close every idle pooled connection of one server's client.
+
+    Only idle ones: a connection in use belongs to another thread's call (that
+    call drops it itself if it fails). pymemcache's pool hands out the oldest
+    idle connection first, and ``destroy`` closes one, so taking as many as
+    were idle drops them all; should they run out meanwhile, ``get`` makes a
+    new, still unconnected one, whose ``destroy`` costs nothing.
+    """
+    pool = getattr(node, "client_pool", None)
+    if not isinstance(pool, ObjectPool):
+        return  # a plain Client closed its one socket when the call failed
+    for _ in range(len(pool.free)):
+        try:
+            connection = pool.get()
+        except Exception:  # e.g. the pool is at its max_size: nothing idle left
+            return
+        pool.destroy(connection)
 
 
 def _client_servers(client: Any) -> list[str]:
