@@ -318,3 +318,41 @@ def test_modified_agrees_with_what_is_written() -> None:
     client_for(handler, counting).get("/")
     assert states == [False, True]
     assert counting.methods() == ["insert"]
+
+
+def test_the_servers_file_wrapper_is_handed_back_untouched(memory_store: MemoryStore) -> None:
+    # A server recognises its wsgi.file_wrapper by type to send the file with
+    # sendfile(); the session is committed before it is handed back.
+    from werkzeug.test import EnvironBuilder
+    from werkzeug.wsgi import FileWrapper
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        get_session(environ)["downloaded"] = True
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](io.BytesIO(b"data"))
+
+    environ = EnvironBuilder("/").get_environ()
+    environ["wsgi.file_wrapper"] = FileWrapper
+    sent: list[list[tuple[str, str]]] = []
+    body = KVSessionMiddleware(app, memory_store, cookie_secure=False)(
+        environ, lambda status, headers, exc_info=None: sent.append(headers)
+    )
+    assert type(body) is FileWrapper
+    assert b"".join(body) == b"data"
+    assert any(name == "Set-Cookie" for name, _ in sent[0])
+    assert len(list(memory_store.iter_records(""))) == 1
+
+
+def test_permanent_by_default_makes_new_sessions_permanent_unless_the_app_says_no(
+    memory_store: MemoryStore,
+) -> None:
+    def handler(session: Session, request: Request) -> str:
+        session["a"] = 1
+        if request.args.get("transient"):
+            session.permanent = False
+        return "ok"
+
+    client = client_for(handler, memory_store, permanent_by_default=True)
+    assert "Max-Age" in client.get("/").headers["Set-Cookie"]
+    other = client_for(handler, memory_store, permanent_by_default=True)
+    assert "Max-Age" not in other.get("/?transient=1").headers["Set-Cookie"]

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 #: The ``environ`` key under which the middleware puts the request's session.
 ENVIRON_KEY = "wsgi_kvsession.session"
+#: The ``environ`` key of the middleware that made that session.
+MIDDLEWARE_ENVIRON_KEY = "wsgi_kvsession.middleware"
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType]
 OptExcInfo = ExcInfo | tuple[None, None, None] | None
@@ -73,10 +75,17 @@ class KVSessionMiddleware:
         #: The options as given, for integrations that fill in the rest from
         #: their framework's settings (explicit options win there).
         self.option_kwargs: SessionOptions = options
+        #: Set by an integration whose framework settings decide the options
+        #: (Flask's ``app.config``): called once per request, before the
+        #: session can be read, so it is read with the right cookie name and keys.
+        self.options_provider: Callable[[], Options] | None = None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        session = Session(self.store, self.options, environ)
+        provider = self.options_provider
+        options = provider() if provider is not None else self.options
+        session = Session(self.store, options, environ)
         environ[ENVIRON_KEY] = session
+        environ[MIDDLEWARE_ENVIRON_KEY] = self
         gate = _HeaderGate(session, start_response)
         app_iter = self.app(environ, gate.start_response)
         if type(app_iter) is list or type(app_iter) is tuple:
@@ -86,6 +95,17 @@ class KVSessionMiddleware:
             gate.send_headers()
             if started_by_write:  # the app called write(): it may have changed more since
                 session._after_response()
+            return app_iter
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if (
+            isinstance(file_wrapper, type)
+            and isinstance(app_iter, file_wrapper)
+            and gate.status is not None
+        ):
+            # A file the server can send with sendfile() (PEP 3333's file
+            # wrapper): reading a file cannot change the session, so commit now
+            # and hand the server its own object, or it falls back to reading.
+            gate.send_headers()
             return app_iter
         return _Body(app_iter, gate)
 

@@ -65,6 +65,9 @@ class SessionOptions(TypedDict, total=False):
     #: deadline slid, ``"every_request"`` always (Flask's
     #: ``SESSION_REFRESH_EACH_REQUEST``), ``"on_change"`` never.
     cookie_refresh: Literal["on_touch", "every_request", "on_change"]
+    #: Whether a new session starts permanent (default False); the app can
+    #: still set ``session.permanent`` either way.
+    permanent_by_default: bool
 
 
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
@@ -108,6 +111,7 @@ class Options:
     save_on_server_error: bool
     on_store_error: Literal["raise", "empty"]
     cookie_refresh: Literal["on_touch", "every_request", "on_change"] = "on_touch"
+    permanent_by_default: bool = False
 
     @classmethod
     def from_kwargs(cls, **options: Unpack[SessionOptions]) -> Options:
@@ -187,8 +191,7 @@ class Options:
         cookie_refresh = options.get("cookie_refresh", "on_touch")
         if cookie_refresh not in ("on_touch", "every_request", "on_change"):
             raise ValueError(
-                f"cookie_refresh={cookie_refresh!r}: use 'on_touch', 'every_request' "
-                "or 'on_change'"
+                f"cookie_refresh={cookie_refresh!r}: use 'on_touch', 'every_request' or 'on_change'"
             )
         return cls(
             cookie_name=cookie_name,
@@ -207,6 +210,7 @@ class Options:
             save_on_server_error=bool(options.get("save_on_server_error", False)),
             on_store_error=on_store_error,
             cookie_refresh=cookie_refresh,
+            permanent_by_default=bool(options.get("permanent_by_default", False)),
         )
 
     def expires_at(self, created: float, now: float) -> float:

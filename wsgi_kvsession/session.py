@@ -110,6 +110,7 @@ class Session(MutableMapping[str, Any]):
         #: notice changes made after the headers left.
         self._committed: bytes | object | None = _MISSING
         self._late_change_logged = False
+        self._commit_started = False
 
     # -- loading ---------------------------------------------------------
 
@@ -118,6 +119,7 @@ class Session(MutableMapping[str, Any]):
         self._accessed = True
         now = time.time()
         self._created = now
+        self._permanent = self._loaded_permanent = self.options.permanent_by_default
         values = request_cookie_values(self._environ, self.options.cookie_name)
         if not values:
             return
@@ -239,13 +241,21 @@ class Session(MutableMapping[str, Any]):
         return self._data.setdefault(key, default)
 
     def pop(self, key: str, default: Any = _MISSING) -> Any:
+        if not self._loaded:
+            self._load()
+        if key not in self._data:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default  # nothing removed, nothing changed
         self._changing()
-        if default is _MISSING:
-            return self._data.pop(key)
-        return self._data.pop(key, default)
+        return self._data.pop(key)
 
     def clear(self) -> None:
         """Remove every key and the tie to a user (what a logout expects)."""
+        if not self._loaded:
+            self._load()
+        if not self._data and self._user_id is None:
+            return  # already empty: not a change
         self._changing()
         self._data.clear()
         self._user_id = None
@@ -380,7 +390,7 @@ class Session(MutableMapping[str, Any]):
         self._data.clear()
         self._sid = None
         self._created = time.time()
-        self._permanent = self._loaded_permanent = False
+        self._permanent = self._loaded_permanent = self.options.permanent_by_default
         self._user_id = self._loaded_user_id = None
 
     # -- the commit point (called by the middleware) --------------------
@@ -404,7 +414,16 @@ class Session(MutableMapping[str, Any]):
         return session_cookie(self.options, self.options.ids.encode(session_id), max_age)
 
     def _commit(self, status_code: int) -> tuple[str | None, bool]:
-        """Persist the session; return ``(Set-Cookie value or None, vary)``."""
+        """Persist the session; return ``(Set-Cookie value or None, vary)``.
+
+        Only the first call persists: an integration that commits at its
+        framework's save point (Flask's ``save_session``) has already put the
+        headers on the framework's response when the middleware's commit point
+        comes, and a commit that failed must not be retried by the error page.
+        """
+        if self._commit_started:
+            return None, False
+        self._commit_started = True
         if not self._accessed:
             self._committed = _NOT_LOADED
             return None, False  # rule 6

@@ -27,6 +27,8 @@ config; see :ref:`flask` in the docs for the mapping.
 from __future__ import annotations
 
 import datetime
+import functools
+import importlib
 import logging
 import random
 from collections.abc import Iterator
@@ -41,7 +43,7 @@ from werkzeug.datastructures import Headers
 from .. import envelope
 from ..cookies import finish_headers
 from ..ids import MIN_SECRET_KEY_BYTES
-from ..middleware import ENVIRON_KEY, KVSessionMiddleware
+from ..middleware import ENVIRON_KEY, MIDDLEWARE_ENVIRON_KEY, KVSessionMiddleware
 from ..options import DEFAULT_ABSOLUTE_TIMEOUT, Options, SessionOptions
 from ..serializers import SerializationError
 from ..session import Session
@@ -63,9 +65,9 @@ log = logging.getLogger(__name__)
 
 #: ``app.extensions`` key of the per-app state.
 EXTENSION_KEY = "wsgi_kvsession"
-#: ``environ`` key marking a session that ``open_session`` made itself (no
-#: middleware), which ``save_session`` must therefore commit.
-_OWN_SESSION_KEY = "wsgi_kvsession.flask.own_session"
+#: How many configurations an interface keeps options for (apps x configs).
+_OPTIONS_CACHE_SIZE = 8
+_MISSING: Any = object()
 
 
 class KVSession(SessionMixin):
@@ -113,8 +115,10 @@ class KVSession(SessionMixin):
     def setdefault(self, key: str, default: Any = None) -> Any:
         return self._session.setdefault(key, default)
 
-    def pop(self, key: str, *default: Any) -> Any:
-        return self._session.pop(key, *default)
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        if default is _MISSING:
+            return self._session.pop(key)
+        return self._session.pop(key, default)
 
     def clear(self) -> None:
         self._session.clear()
@@ -197,8 +201,17 @@ class KVSession(SessionMixin):
         self._session.regenerate()
 
     def destroy(self) -> None:
-        """Delete the record now and expire the cookie with the response (logout)."""
+        """Delete the record now and expire the cookie with the response (logout).
+
+        Flask-Login's ``logout_user()`` leaves ``_remember = "clear"`` in the
+        session for its after_request hook to delete the remember-me cookie; that
+        instruction to this response survives, so ``logout_user()`` then
+        ``destroy()`` logs out fully. (The hook removes it again: nothing is stored.)
+        """
+        remember = self._session.get("_remember")
         self._session.destroy()
+        if remember == "clear":
+            self._session["_remember"] = "clear"
 
 
 #: The ``app.config`` keys each option is read from.
@@ -220,14 +233,21 @@ CONFIG_KEYS = {
 
 
 class _AppState:
-    """What one app's sessions need: the store and the explicit options."""
+    """What one app's sessions need: the store, the explicit options, and the
+    middleware installed for the app (None when there is none)."""
 
-    def __init__(self, store: Store, option_kwargs: SessionOptions) -> None:
+    def __init__(
+        self,
+        store: Store,
+        option_kwargs: SessionOptions,
+        middleware: KVSessionMiddleware | None = None,
+    ) -> None:
         self.store = store
         self.option_kwargs = option_kwargs
-        #: The last configuration seen and its options, as ONE tuple so that
-        #: threads never pair one configuration with another's options.
-        self._cached: tuple[tuple[Any, ...], Options] | None = None
+        self.middleware = middleware
+        #: Options per configuration seen, newest last. Built once each: a
+        #: signer and checks are not free, and several apps may share one state.
+        self._cache: dict[tuple[Any, ...], Options] = {}
 
     def options(self, settings: dict[str, Any]) -> Options:
         """Options for ``settings`` (from the config) under the explicit options;
@@ -236,9 +256,9 @@ class _AppState:
             (name, tuple(value) if isinstance(value, list) else value)
             for name, value in settings.items()
         )
-        cached = self._cached
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        options = self._cache.get(key)
+        if options is not None:
+            return options
         merged: dict[str, Any] = {**settings, **self.option_kwargs}
         try:
             options = Options.from_kwargs(**merged)
@@ -253,7 +273,11 @@ class _AppState:
             if not keys:
                 raise
             raise type(exc)(f"{message} (from app.config[{', '.join(keys)}])") from None
-        self._cached = (key, options)
+        cache = dict(self._cache)  # copy on write: readers in other threads see a whole dict
+        if len(cache) >= _OPTIONS_CACHE_SIZE:
+            del cache[next(iter(cache))]
+        cache[key] = options
+        self._cache = cache
         return options
 
 
@@ -262,11 +286,13 @@ def _find_middleware(wsgi_app: Any) -> KVSessionMiddleware | None:
 
     Wrappers keep the app they wrap as ``.app`` (Werkzeug's ProxyFix and most
     others), ``.application`` (WhiteNoise) or ``.wsgi_app``; the search follows
-    those a bounded number of steps.
+    those a bounded number of steps, and stops at another Flask app.
     """
     for _ in range(32):
         if isinstance(wsgi_app, KVSessionMiddleware):
             return wsgi_app
+        if isinstance(wsgi_app, Flask):
+            return None  # another app (mounted inside this one): not this app's middleware
         for attribute in ("app", "application", "wsgi_app"):
             inner = getattr(wsgi_app, attribute, None)
             if inner is not None:
@@ -319,6 +345,17 @@ class KVSessionInterface(SessionInterface):
 
     def app_state(self, app: Flask) -> _AppState:
         """The store and explicit options serving ``app``."""
+        state = self._known_state(app)
+        if state is None:
+            raise RuntimeError(
+                "KVSessionInterface() found no store: call "
+                "wsgi_kvsession.integrations.flask.init_app(app, store), wrap "
+                "app.wsgi_app = KVSessionMiddleware(app.wsgi_app, store) before the first "
+                "request, or give KVSessionInterface(store)"
+            )
+        return state
+
+    def _known_state(self, app: Flask) -> _AppState | None:
         if self._state is not None:
             return self._state
         state = app.extensions.get(EXTENSION_KEY)
@@ -326,14 +363,13 @@ class KVSessionInterface(SessionInterface):
             return state
         middleware = _find_middleware(app.wsgi_app)
         if middleware is None:
-            raise RuntimeError(
-                "KVSessionInterface() found no store: call "
-                "wsgi_kvsession.integrations.flask.init_app(app, store), wrap "
-                "app.wsgi_app = KVSessionMiddleware(app.wsgi_app, store) before the first "
-                "request, or give KVSessionInterface(store)"
-            )
-        state = _AppState(middleware.store, middleware.option_kwargs)
+            return None
+        # The explicit two-liner: from now on the middleware asks the app's
+        # config for each request's options.
+        state = _AppState(middleware.store, middleware.option_kwargs, middleware)
         app.extensions[EXTENSION_KEY] = state
+        middleware.options_provider = functools.partial(self.options, app)
+        _follow_flask_login()
         return state
 
     def settings(self, app: Flask) -> dict[str, Any]:
@@ -347,7 +383,7 @@ class KVSessionInterface(SessionInterface):
             "cookie_httponly": self.get_cookie_httponly(app),
             "cookie_secure": self.get_cookie_secure(app),
             "cookie_samesite": self.get_cookie_samesite(app),
-            "cookie_partitioned": bool(config.get("SESSION_COOKIE_PARTITIONED", False)),
+            "cookie_partitioned": self.get_cookie_partitioned(app),
             "idle_timeout": app.permanent_session_lifetime,
             "cookie_refresh": (
                 "every_request" if config.get("SESSION_REFRESH_EACH_REQUEST", True) else "on_change"
@@ -387,6 +423,8 @@ class KVSessionInterface(SessionInterface):
                     "from 128 to 768"
                 )
             settings["id_bits"] = key_bits
+        if config.get("SESSION_PERMANENT"):  # Flask-Session's key
+            settings["permanent_by_default"] = True
         key_prefix = config.get("SESSION_KEY_PREFIX")  # Flask-Session's name
         if key_prefix is not None:
             settings["key_prefix"] = key_prefix
@@ -405,48 +443,104 @@ class KVSessionInterface(SessionInterface):
     # -- the SessionInterface protocol -----------------------------------
 
     def open_session(self, app: Flask, request: Request) -> KVSession:
-        options = self.options(app)
         environ = request.environ
         session = environ.get(ENVIRON_KEY)
         if not isinstance(session, Session):
-            # No middleware on this request's path: a session of our own,
-            # which save_session commits.
-            session = Session(self.app_state(app).store, options, environ)
+            # No middleware on this request's path (test_request_context(),
+            # session_transaction(), an app served without it): a session of
+            # our own, loaded by cookie from the same store.
+            session = Session(self.app_state(app).store, self.options(app), environ)
             environ[ENVIRON_KEY] = session
-            environ[_OWN_SESSION_KEY] = session
-        elif session.options is not options:
-            if session.accessed and session.options.cookie_name != options.cookie_name:
-                log.warning(
-                    "the session was read before Flask opened it, with cookie name %r "
-                    "instead of the configured %r",
-                    session.options.cookie_name,
-                    options.cookie_name,
-                )
-            session.options = options
+            return self.session_class(session)
+        state = self._known_state(app)
+        middleware = environ.get(MIDDLEWARE_ENVIRON_KEY)
+        if state is not None and middleware is not None and middleware is state.middleware:
+            # This app's own middleware, which asks for the config's options; on
+            # the first request of the two-liner they arrive only now.
+            options = self.options(app)
+            if session.options is not options:
+                if session.accessed:
+                    log.warning(
+                        "the session was read before Flask opened it, with other "
+                        "options than app.config gives; this request keeps them"
+                    )
+                else:
+                    session.options = options
+        elif self._state is not None and self._state.store is not session.store:
+            raise RuntimeError(
+                f"KVSessionInterface was given {self._state.store!r}, but the request's "
+                f"session comes from a KVSessionMiddleware around the app using "
+                f"{session.store!r}: give both the same store, or leave the interface "
+                "without one (KVSessionInterface())"
+            )
+        # Otherwise the session is a middleware's around the app (the whole
+        # site's): its store and options govern, shared with the other apps.
         return self.session_class(session)
 
     def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
+        """Persist the session now, as Flask's own sessions are saved here.
+
+        So the after_request handlers' changes are saved, a store or
+        serialization error goes through Flask's error handling (an
+        ``errorhandler(500)`` page, ``got_request_exception``), and changes in
+        a streamed body or at teardown are not saved (they are logged), as with
+        Flask's cookie sessions. The middleware then finds it saved.
+        """
         if not isinstance(session, KVSession):
             return
         core = session.raw
-        if (
-            core.accessed
-            and app.config.get("SESSION_PERMANENT")
-            and core.new
-            and not core.permanent
-            and core
-        ):
-            core.permanent = True  # Flask-Session's SESSION_PERMANENT: new sessions are
-        environ = core._environ
-        if environ.get(_OWN_SESSION_KEY) is not core:
-            return  # the middleware commits it when the response starts
-        del environ[_OWN_SESSION_KEY]  # commit once
         set_cookie, vary = core._commit(response.status_code)
         if set_cookie is not None or vary:
             headers = finish_headers(
                 response.headers.to_wsgi_list(), core.options, set_cookie=set_cookie, vary=vary
             )
             response.headers = Headers(headers)
+
+
+_flask_login_followed = False
+
+
+def _follow_flask_login() -> None:
+    """With Flask-Login installed, keep ``session.user_id`` on the logged-in user.
+
+    Then ``SessionManager.revoke_user()`` finds every session of a user however
+    it logged in (form or remember-me cookie), and a logout or a failed session
+    protection check unties the session at once.
+    """
+    global _flask_login_followed
+    if _flask_login_followed:
+        return
+    try:
+        flask_login = importlib.import_module("flask_login")  # optional, and untyped
+    except ImportError:
+        return
+    flask_login.user_logged_in.connect(_tie_session_to_user)
+    flask_login.user_loaded_from_cookie.connect(_tie_session_to_user)
+    flask_login.user_logged_out.connect(_untie_session)
+    flask_login.session_protected.connect(_untie_session)
+    _flask_login_followed = True
+
+
+def _current_kvsession(app: Any) -> KVSession | None:
+    if not isinstance(app, Flask) or not isinstance(app.session_interface, KVSessionInterface):
+        return None  # another app in the process, with sessions of its own
+    from flask import session
+
+    current = session._get_current_object()  # type: ignore[attr-defined]
+    return current if isinstance(current, KVSession) else None
+
+
+def _tie_session_to_user(app: Any, user: Any = None, **extra: Any) -> None:
+    session = _current_kvsession(app)
+    user_id = user.get_id() if user is not None else None
+    if session is not None and isinstance(user_id, str | int) and not isinstance(user_id, bool):
+        session.user_id = user_id
+
+
+def _untie_session(app: Any, **extra: Any) -> None:
+    session = _current_kvsession(app)
+    if session is not None:
+        session.user_id = None
 
 
 def _warn_once(app: Flask, message: str) -> None:
@@ -468,21 +562,23 @@ def init_app(app: Flask, store: Store | str | Any, **options: Unpack[SessionOpti
     """
     store = _coerce_store(store, "init_app(app, store)")
     Options.from_kwargs(**options)  # a bad option fails here, naming itself
-    state = _AppState(store, options)
     middleware = _find_middleware(app.wsgi_app)
     if middleware is None:
-        app.wsgi_app = KVSessionMiddleware(app.wsgi_app, store, **options)  # type: ignore[method-assign]
+        middleware = KVSessionMiddleware(app.wsgi_app, store, **options)
+        app.wsgi_app = middleware  # type: ignore[method-assign]
     else:
         middleware.store = store
         middleware.options = Options.from_kwargs(**options)
         middleware.option_kwargs = options
-    app.extensions[EXTENSION_KEY] = state
+    app.extensions[EXTENSION_KEY] = _AppState(store, options, middleware)
     interface = KVSessionInterface()
     app.session_interface = interface
+    interface.options(app)  # a bad config fails now, not on the first request
+    middleware.options_provider = functools.partial(interface.options, app)
     app.kvsession_store = store  # type: ignore[attr-defined]
     if "kvsession" not in app.cli.commands:
         app.cli.add_command(kvsession_cli)
-    interface.options(app)  # a bad config fails now, not on the first request
+    _follow_flask_login()
     return store
 
 
