@@ -1,0 +1,393 @@
+"""Pyramid: the middleware's session as ``request.session``, an ``ISession``.
+
+Two ways in::
+
+    config.include("wsgi_kvsession.integrations.pyramid")     # ini settings
+    config.set_session_factory(KVSessionFactory())            # or in code
+
+and two ways the session is stored, decided per request:
+
+* A :class:`~wsgi_kvsession.KVSessionMiddleware` wraps the app (in code, or as
+  the ``kvsession`` filter of a PasteDeploy pipeline): ``request.session``
+  wraps the session it put in ``environ`` and the middleware persists it when
+  the response starts. Its store and options are the ones that count.
+* No middleware, and the factory has a store (``KVSessionFactory(store)``, or
+  ``kvsession.store_url`` in the settings): the factory loads the session
+  itself and commits it onto Pyramid's response in a response callback, by the
+  same rules. ``config.make_wsgi_app()`` cannot be wrapped by ``includeme``, so
+  this is how the settings alone give an app its sessions.
+
+When both are there, the middleware's session wins and the factory commits
+nothing, so a response never carries two session cookies. With neither, the
+first use of ``request.session`` raises a :class:`RuntimeError` naming the fix.
+
+The session is loaded on first use (a view that never reads
+``request.session`` costs no store call), and flash queues and the CSRF token
+live in it under Pyramid's own keys (``"_f_" + queue``, ``"_csrft_"``), so
+Pyramid's default CSRF storage policy works with it unchanged.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Iterator, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from pyramid.interfaces import ICSRFStoragePolicy, ISession, ISessionFactory
+from zope.interface import implementer  # type: ignore[import-untyped]
+
+from ..cookies import finish_headers
+from ..middleware import ENVIRON_KEY
+from ..options import Options, SessionOptions
+from ..paste import parse_settings
+from ..session import Session
+from ..stores import store_from_url
+from ..stores.base import Store
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "SETTINGS_PREFIX",
+    "KVSession",
+    "KVSessionCSRFStoragePolicy",
+    "KVSessionFactory",
+    "includeme",
+]
+
+log = logging.getLogger(__name__)
+
+#: Pyramid settings for the sessions start with this (``kvsession.store_url``).
+SETTINGS_PREFIX = "kvsession."
+#: Where flash queues and the CSRF token live, as in Pyramid's own sessions.
+FLASH_KEY_PREFIX = "_f_"
+CSRF_TOKEN_KEY = "_csrft_"  # noqa: S105 - a session key, not a secret
+
+_MISSING: Any = object()
+
+
+@implementer(ISession)
+class KVSession(MutableMapping[str, Any]):
+    """``request.session``: the request's :class:`~wsgi_kvsession.Session`
+    with Pyramid's :class:`~pyramid.interfaces.ISession` interface.
+
+    Every read and write goes to the core session, so what Pyramid, the app
+    and any other framework behind the same middleware see is the same data.
+    """
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    @property
+    def raw(self) -> Session:
+        """The core :class:`~wsgi_kvsession.Session` behind this one."""
+        return self._session
+
+    # -- the mapping (IDict) ---------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self._session[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._session[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._session[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._session)
+
+    def __len__(self) -> int:
+        return len(self._session)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._session
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._session.get(key, default)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        return self._session.setdefault(key, default)
+
+    def pop(self, key: str, default: Any = _MISSING) -> Any:
+        if default is _MISSING:
+            return self._session.pop(key)
+        return self._session.pop(key, default)
+
+    def clear(self) -> None:
+        self._session.clear()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._session!r}>"
+
+    # -- ISession --------------------------------------------------------
+
+    @property
+    def created(self) -> float:
+        """When the session was first stored, as Unix time (a float, like
+        Pyramid's own sessions; :attr:`raw` ``.created`` is the datetime)."""
+        return self._session.created.timestamp()
+
+    @property
+    def new(self) -> bool:
+        """True when no stored session backs this one (yet)."""
+        return self._session.new
+
+    def invalidate(self) -> None:
+        """Delete the session: its record at once, its cookie with the response.
+
+        Call it at logout. Data set afterwards starts a new session with a new
+        ID, and a request of the old session still in flight cannot write it
+        back.
+        """
+        self._session.destroy()
+
+    def changed(self) -> None:
+        """Force a write of the session with this response.
+
+        Changes, nested ones included (``session["cart"].append(x)``), are
+        found by comparing the stored bytes, so this is only needed to write
+        a session that did not change (to refresh its record).
+        """
+        self._session.modified = True
+
+    def flash(self, msg: Any, queue: str = "", allow_duplicate: bool = True) -> None:
+        """Add ``msg`` to the end of flash queue ``queue`` (unless it is
+        already there and ``allow_duplicate`` is false)."""
+        storage = self._session.setdefault(FLASH_KEY_PREFIX + queue, [])
+        if allow_duplicate or msg not in storage:
+            storage.append(msg)
+
+    def pop_flash(self, queue: str = "") -> list[Any]:
+        """Return the messages of ``queue`` and remove the queue."""
+        return list(self._session.pop(FLASH_KEY_PREFIX + queue, []))
+
+    def peek_flash(self, queue: str = "") -> list[Any]:
+        """Return the messages of ``queue`` and keep them."""
+        return list(self._session.get(FLASH_KEY_PREFIX + queue, []))
+
+    def new_csrf_token(self) -> str:
+        """Store a new CSRF token (40 hex digits) and return it."""
+        token = secrets.token_hex(20)
+        self._session[CSRF_TOKEN_KEY] = token
+        return token
+
+    def get_csrf_token(self) -> str:
+        """The session's CSRF token, made on first use."""
+        token = self._session.get(CSRF_TOKEN_KEY)
+        if not isinstance(token, str):
+            token = self.new_csrf_token()
+        return token
+
+    # -- wsgi_kvsession extras -------------------------------------------
+
+    @property
+    def id(self) -> str | None:
+        """The session ID, or None while the session has none."""
+        return self._session.id
+
+    @property
+    def permanent(self) -> bool:
+        """A permanent session's cookie has Max-Age (it outlives the browser
+        session); the server enforces the timeouts either way."""
+        return self._session.permanent
+
+    @permanent.setter
+    def permanent(self, value: bool) -> None:
+        self._session.permanent = value
+
+    @property
+    def user_id(self) -> str | int | None:
+        """The user this session belongs to (for listing and revoking a user's
+        sessions); None for an anonymous session."""
+        return self._session.user_id
+
+    @user_id.setter
+    def user_id(self, value: str | int | None) -> None:
+        self._session.user_id = value
+
+    def regenerate(self) -> None:
+        """New ID, same data; the old record is deleted at once (call it at login)."""
+        self._session.regenerate()
+
+
+@implementer(ISessionFactory)
+class KVSessionFactory:
+    """Pyramid's session factory (``ISessionFactory``) over wsgi_kvsession.
+
+    ``KVSessionFactory()`` serves the session of the
+    :class:`~wsgi_kvsession.KVSessionMiddleware` that wraps the app.
+    ``KVSessionFactory(store, **options)`` (``store`` a store or a store URL,
+    ``options`` the middleware's) also works with no middleware in front: it
+    then loads the session and commits it onto the response itself. A
+    middleware in front, when there is one, wins.
+    """
+
+    def __init__(self, store: Store | str | None = None, **options: Unpack[SessionOptions]) -> None:
+        if isinstance(store, str):
+            store = store_from_url(store)
+        elif store is not None and not isinstance(store, Store):
+            raise TypeError(
+                f"KVSessionFactory(store={store!r}): give a wsgi_kvsession store or a store "
+                "URL such as 'redis://localhost:6379/0'"
+            )
+        if store is None and options:
+            raise TypeError(
+                "KVSessionFactory: options need a store; give store=... too, or give the "
+                "options to the KVSessionMiddleware that wraps the app"
+            )
+        #: The factory's own store (None: the middleware's only).
+        self.store: Store | None = store
+        #: Its own sessions' options (checked now, not on the first request).
+        self.options: Options = Options.from_kwargs(**options)
+        self._told_middleware_wins = False
+
+    @classmethod
+    def from_settings(
+        cls, settings: Mapping[str, object], prefix: str = SETTINGS_PREFIX
+    ) -> KVSessionFactory:
+        """A factory configured by the ``kvsession.*`` keys of Pyramid settings
+        (see :func:`~wsgi_kvsession.paste.parse_settings`); without
+        ``kvsession.store_url`` it serves the middleware's sessions only."""
+        parsed = parse_settings(settings, prefix=prefix, source="Pyramid setting")
+        if parsed.store_url is None:
+            if parsed.options:
+                raise ValueError(
+                    f"Pyramid setting(s) {', '.join(parsed.names.values())} need "
+                    f"{prefix}store_url: without a store of its own the session factory "
+                    "serves the KVSessionMiddleware's sessions, whose options are the "
+                    "middleware's (give them to it, or to the [filter:kvsession] section)"
+                )
+            return cls()
+        try:
+            store = store_from_url(parsed.store_url)
+        except ValueError as exc:
+            raise ValueError(f"Pyramid setting {prefix}store_url: {exc}") from None
+        return cls(store, **parsed.options)
+
+    def __call__(self, request: Any) -> KVSession:
+        environ = request.environ
+        core = environ.get(ENVIRON_KEY)
+        if isinstance(core, Session):
+            if self.store is not None and not self._told_middleware_wins:
+                self._tell_middleware_wins(core.options)
+            return KVSession(core)
+        if self.store is None:
+            raise RuntimeError(
+                "request.session: no wsgi_kvsession store. Wrap the Pyramid app in "
+                "KVSessionMiddleware(app, store) (or a [filter:kvsession] in the ini "
+                "pipeline), or set kvsession.store_url in the settings, or use "
+                "KVSessionFactory(store)"
+            )
+        core = Session(self.store, self.options, environ)
+        # Other code of this request (a WSGI app it calls, get_session())
+        # sees the same session, as under the middleware.
+        environ[ENVIRON_KEY] = core
+        request.add_response_callback(_commit_callback(core))
+        request.add_finished_callback(_late_change_callback(core))
+        return KVSession(core)
+
+    def _tell_middleware_wins(self, middleware_options: Options) -> None:
+        """Say once that the factory's own store and options go unused."""
+        self._told_middleware_wins = True
+        differ = [
+            name
+            for name in _COOKIE_AND_TIMEOUT_OPTIONS
+            if getattr(self.options, name) != getattr(middleware_options, name)
+        ]
+        if differ:
+            # Most likely kvsession.* settings meant for this app, overridden
+            # by a middleware (a [filter:kvsession]) configured differently.
+            log.warning(
+                "a KVSessionMiddleware wraps the Pyramid app: its store and options "
+                "serve the sessions, and the session factory's own differ from them "
+                "(%s); those of the factory are not used",
+                ", ".join(differ),
+            )
+        else:
+            log.info(
+                "a KVSessionMiddleware wraps the Pyramid app: its store serves the "
+                "sessions, not the session factory's own"
+            )
+
+
+#: The options whose difference between the factory and a middleware in front
+#: is worth a warning: they decide the cookie and the sessions' lifetime.
+_COOKIE_AND_TIMEOUT_OPTIONS = (
+    "cookie_name",
+    "cookie_path",
+    "cookie_domain",
+    "cookie_secure",
+    "cookie_httponly",
+    "cookie_samesite",
+    "cookie_partitioned",
+    "idle_timeout",
+    "absolute_timeout",
+    "key_prefix",
+)
+
+
+def _late_change_callback(core: Session) -> Any:
+    def report(request: Any) -> None:
+        # A change after the commit (a NewResponse subscriber, a later response
+        # callback) is not saved: say so rather than lose it silently (rule 12).
+        core._after_response()
+
+    return report
+
+
+def _commit_callback(core: Session) -> Any:
+    def commit(request: Any, response: Any) -> None:
+        # Response callbacks run on the final response, the one an exception
+        # view made included, and not at all for an unhandled exception: the
+        # status decides (a 5xx saves nothing by default), as in the middleware.
+        set_cookie, vary = core._commit(response.status_int)
+        if set_cookie is not None or vary:
+            response.headerlist = finish_headers(
+                list(response.headerlist), core.options, set_cookie=set_cookie, vary=vary
+            )
+
+    return commit
+
+
+@implementer(ICSRFStoragePolicy)
+class KVSessionCSRFStoragePolicy:
+    """Pyramid's CSRF storage in the session (``"_csrft_"``), without the
+    write on a refused request.
+
+    Pyramid's default policy (``LegacySessionCSRFStoragePolicy``) checks a
+    token by calling ``get_csrf_token()``, which *makes* a token when the
+    session has none: every refused POST from a client without a session
+    (a bot at the login form) then stores a new session and gets a cookie.
+    This policy checks against the stored token only, so such a request costs
+    no store call. Making and reading tokens is the session's, as before.
+    :func:`includeme` installs it; an app's own ``set_csrf_storage_policy()``
+    wins.
+    """
+
+    def new_csrf_token(self, request: Any) -> str:
+        return str(request.session.new_csrf_token())
+
+    def get_csrf_token(self, request: Any) -> str:
+        return str(request.session.get_csrf_token())
+
+    def check_csrf_token(self, request: Any, supplied_token: str | bytes) -> bool:
+        expected = request.session.get(CSRF_TOKEN_KEY)
+        if not isinstance(expected, str):
+            return False  # no token was ever handed out: nothing can match
+        if isinstance(supplied_token, str):
+            supplied_token = supplied_token.encode("utf-8", "backslashreplace")
+        return hmac.compare_digest(expected.encode("utf-8", "backslashreplace"), supplied_token)
+
+
+def includeme(config: Any) -> None:
+    """``config.include("wsgi_kvsession.integrations.pyramid")``: set the session
+    factory, configured by the ``kvsession.*`` settings when there are any
+    (:meth:`KVSessionFactory.from_settings`), and the
+    :class:`KVSessionCSRFStoragePolicy`. A bad setting fails here."""
+    config.set_session_factory(KVSessionFactory.from_settings(config.get_settings()))
+    config.set_csrf_storage_policy(KVSessionCSRFStoragePolicy())
