@@ -31,7 +31,6 @@ import functools
 import importlib
 import logging
 import random
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -48,6 +47,7 @@ from ..options import DEFAULT_ABSOLUTE_TIMEOUT, Options, SessionOptions
 from ..serializers import SerializationError
 from ..session import Session
 from ..stores.base import Store
+from .base import SessionProxy
 
 if TYPE_CHECKING:
     from flask.wrappers import Request, Response
@@ -67,10 +67,9 @@ log = logging.getLogger(__name__)
 EXTENSION_KEY = "wsgi_kvsession"
 #: How many configurations an interface keeps options for (apps x configs).
 _OPTIONS_CACHE_SIZE = 8
-_MISSING: Any = object()
 
 
-class KVSession(SessionMixin):
+class KVSession(SessionProxy, SessionMixin):
     """``flask.session``: the request's :class:`~wsgi_kvsession.Session` with
     Flask's :class:`~flask.sessions.SessionMixin` interface.
 
@@ -79,69 +78,9 @@ class KVSession(SessionMixin):
     Flask-KVSession's, as are :meth:`regenerate` and :meth:`destroy`.
     """
 
-    __slots__ = ("_session",)
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    @property
-    def raw(self) -> Session:
-        """The core :class:`~wsgi_kvsession.Session` behind this one."""
-        return self._session
-
-    # -- the mapping -----------------------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        return self._session[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._session[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._session[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._session)
-
-    def __len__(self) -> int:
-        return len(self._session)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._session
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._session.get(key, default)
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        return self._session.setdefault(key, default)
-
-    def pop(self, key: str, default: Any = _MISSING) -> Any:
-        if default is _MISSING:
-            return self._session.pop(key)
-        return self._session.pop(key, default)
-
-    def clear(self) -> None:
-        self._session.clear()
-
-    def copy(self) -> dict[str, Any]:
-        """A shallow copy of the data as a plain dict: Flask's own sessions and
-        Flask-KVSession's are dicts, and apps call ``session.copy()``."""
-        return dict(self._session)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._session!r}>"
+    __slots__ = ()
 
     # -- SessionMixin ----------------------------------------------------
-
-    @property
-    def permanent(self) -> bool:
-        """A permanent session's cookie has Max-Age and Expires (Flask's
-        ``PERMANENT_SESSION_LIFETIME``); others end with the browser."""
-        return self._session.permanent
-
-    @permanent.setter
-    def permanent(self, value: bool) -> None:
-        self._session.permanent = value
 
     @property
     def new(self) -> bool:  # type: ignore[override]
@@ -175,11 +114,6 @@ class KVSession(SessionMixin):
     # -- Flask-KVSession and core extras --------------------------------
 
     @property
-    def id(self) -> str | None:
-        """The session ID, or None while the session has none."""
-        return self._session.id
-
-    @property
     def sid_s(self) -> str | None:
         """Flask-KVSession's name for :attr:`id`."""
         return self._session.id
@@ -187,18 +121,6 @@ class KVSession(SessionMixin):
     @property
     def created(self) -> datetime.datetime:
         return self._session.created
-
-    @property
-    def user_id(self) -> str | int | None:
-        return self._session.user_id
-
-    @user_id.setter
-    def user_id(self, value: str | int | None) -> None:
-        self._session.user_id = value
-
-    def regenerate(self) -> None:
-        """New ID, same data; the old record is deleted at once (call it at login)."""
-        self._session.regenerate()
 
     def destroy(self) -> None:
         """Delete the record now and expire the cookie with the response (logout).

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pyramid.interfaces import ICSRFStoragePolicy, ISession, ISessionFactory
@@ -45,6 +45,7 @@ from ..paste import parse_settings
 from ..session import Session
 from ..stores import store_from_url
 from ..stores.base import Store
+from .base import SessionProxy
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -65,11 +66,9 @@ SETTINGS_PREFIX = "kvsession."
 FLASH_KEY_PREFIX = "_f_"
 CSRF_TOKEN_KEY = "_csrft_"  # noqa: S105 - a session key, not a secret
 
-_MISSING: Any = object()
-
 
 @implementer(ISession)
-class KVSession(MutableMapping[str, Any]):
+class KVSession(SessionProxy):
     """``request.session``: the request's :class:`~wsgi_kvsession.Session`
     with Pyramid's :class:`~pyramid.interfaces.ISession` interface.
 
@@ -77,52 +76,7 @@ class KVSession(MutableMapping[str, Any]):
     and any other framework behind the same middleware see is the same data.
     """
 
-    __slots__ = ("_session",)
-
-    def __init__(self, session: Session) -> None:
-        self._session = session
-
-    @property
-    def raw(self) -> Session:
-        """The core :class:`~wsgi_kvsession.Session` behind this one."""
-        return self._session
-
-    # -- the mapping (IDict) ---------------------------------------------
-
-    def __getitem__(self, key: str) -> Any:
-        return self._session[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._session[key] = value
-
-    def __delitem__(self, key: str) -> None:
-        del self._session[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._session)
-
-    def __len__(self) -> int:
-        return len(self._session)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._session
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._session.get(key, default)
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        return self._session.setdefault(key, default)
-
-    def pop(self, key: str, default: Any = _MISSING) -> Any:
-        if default is _MISSING:
-            return self._session.pop(key)
-        return self._session.pop(key, default)
-
-    def clear(self) -> None:
-        self._session.clear()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._session!r}>"
+    __slots__ = ()
 
     # -- ISession --------------------------------------------------------
 
@@ -182,37 +136,6 @@ class KVSession(MutableMapping[str, Any]):
         if not isinstance(token, str):
             token = self.new_csrf_token()
         return token
-
-    # -- wsgi_kvsession extras -------------------------------------------
-
-    @property
-    def id(self) -> str | None:
-        """The session ID, or None while the session has none."""
-        return self._session.id
-
-    @property
-    def permanent(self) -> bool:
-        """A permanent session's cookie has Max-Age (it outlives the browser
-        session); the server enforces the timeouts either way."""
-        return self._session.permanent
-
-    @permanent.setter
-    def permanent(self, value: bool) -> None:
-        self._session.permanent = value
-
-    @property
-    def user_id(self) -> str | int | None:
-        """The user this session belongs to (for listing and revoking a user's
-        sessions); None for an anonymous session."""
-        return self._session.user_id
-
-    @user_id.setter
-    def user_id(self, value: str | int | None) -> None:
-        self._session.user_id = value
-
-    def regenerate(self) -> None:
-        """New ID, same data; the old record is deleted at once (call it at login)."""
-        self._session.regenerate()
 
 
 @implementer(ISessionFactory)
