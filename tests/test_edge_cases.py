@@ -356,3 +356,20 @@ def test_permanent_by_default_makes_new_sessions_permanent_unless_the_app_says_n
     assert "Max-Age" in client.get("/").headers["Set-Cookie"]
     other = client_for(handler, memory_store, permanent_by_default=True)
     assert "Max-Age" not in other.get("/?transient=1").headers["Set-Cookie"]
+
+
+def test_an_empty_session_cookie_is_no_cookie_and_logs_nothing(
+    counting: CountingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a browser may send back after a logout expired the cookie.
+    def handler(session: Session, request: Request) -> str:
+        return repr(dict(session))
+
+    client = client_for(handler, counting)
+    client.set_cookie("session", "")
+    with caplog.at_level(logging.INFO, logger="wsgi_kvsession"):
+        response = client.get("/")
+    assert response.text == "{}"
+    assert counting.methods() == []
+    assert "Set-Cookie" not in response.headers  # nothing to expire either
+    assert caplog.records == []

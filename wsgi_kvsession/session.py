@@ -120,7 +120,9 @@ class Session(MutableMapping[str, Any]):
         now = time.time()
         self._created = now
         self._permanent = self._loaded_permanent = self.options.permanent_by_default
-        values = request_cookie_values(self._environ, self.options.cookie_name)
+        # An empty value is how a cookie is deleted (and what some clients send
+        # back after a logout): no cookie, nothing to log.
+        values = [v for v in request_cookie_values(self._environ, self.options.cookie_name) if v]
         if not values:
             return
         self._request_had_cookie = True
