@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 from itsdangerous import BadSignature, Signer
 
+from . import events
+
 #: Accepted ID shape: the base64url alphabet, from 128 bits (22 characters) to
 #: 768 bits (128 characters). Checked before any store call (rule 2).
 _ID_FORMAT = re.compile(r"[A-Za-z0-9_-]{22,128}")
@@ -27,15 +29,6 @@ MIN_SECRET_KEY_BYTES = 16
 def store_key(key_prefix: str, session_id: str) -> str:
     """Return the key under which a store keeps the session ``session_id``."""
     return key_prefix + hashlib.sha256(session_id.encode("ascii")).hexdigest()
-
-
-def log_id(session_id: str) -> str:
-    """A short, non-reversible tag for log lines (never log the ID itself).
-
-    It is the start of the store key's hash, so an operator can find the
-    record a log line speaks of, while nobody can rebuild the cookie from it.
-    """
-    return hashlib.sha256(session_id.encode("ascii")).hexdigest()[:12]
 
 
 class IdCodec:
@@ -51,6 +44,7 @@ class IdCodec:
             )
         self.id_bytes = id_bits // 8
         self._signer: Signer | None = None
+        self._log_key = events.log_key(None)
         if secret_key is not None:
             keys = [secret_key] if isinstance(secret_key, (str, bytes)) else list(secret_key)
             if not keys:
@@ -62,6 +56,8 @@ class IdCodec:
                         f"{MIN_SECRET_KEY_BYTES} characters; make one with "
                         "python -c 'import secrets; print(secrets.token_hex(32))'"
                     )
+            first = keys[0]
+            self._log_key = events.log_key(first.encode() if isinstance(first, str) else first)
             # itsdangerous signs with the *last* key; ours signs with the first.
             self._signer = Signer(
                 [k.encode() if isinstance(k, str) else k for k in reversed(keys)],
@@ -71,6 +67,11 @@ class IdCodec:
             # in a signature; only its canonical form passes rule 2's check.
             length = len(self._signer.get_signature("x"))
             self._signature_format = re.compile(f"[A-Za-z0-9_-]{{{length}}}")
+
+    def log_hash(self, session_id: str) -> str:
+        """The keyed short hash that stands for ``session_id`` in logs and event
+        hooks (see :mod:`wsgi_kvsession.events`)."""
+        return events.session_hash(self._log_key, session_id)
 
     @property
     def signing(self) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypedDict
 
+from .events import EventHook
 from .ids import IdCodec
 from .serializers import Serializer, TaggedJSONSerializer
 
@@ -68,6 +69,9 @@ class SessionOptions(TypedDict, total=False):
     #: Whether a new session starts permanent (default False); the app can
     #: still set ``session.permanent`` either way.
     permanent_by_default: bool
+    #: Called with a :class:`~wsgi_kvsession.events.SessionEventInfo` for every
+    #: lifecycle event (created, regenerated, destroyed, expired, rejected...).
+    on_event: EventHook | None
 
 
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
@@ -112,6 +116,7 @@ class Options:
     on_store_error: Literal["raise", "empty"]
     cookie_refresh: Literal["on_touch", "every_request", "on_change"] = "on_touch"
     permanent_by_default: bool = False
+    on_event: EventHook | None = None
 
     @classmethod
     def from_kwargs(cls, **options: Unpack[SessionOptions]) -> Options:
@@ -188,6 +193,9 @@ class Options:
             )
         if on_store_error not in ("raise", "empty"):
             raise ValueError(f"on_store_error={on_store_error!r}: use 'raise' or 'empty'")
+        on_event = options.get("on_event")
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event={on_event!r}: give a callable taking a SessionEventInfo")
         cookie_refresh = options.get("cookie_refresh", "on_touch")
         if cookie_refresh not in ("on_touch", "every_request", "on_change"):
             raise ValueError(
@@ -211,6 +219,7 @@ class Options:
             on_store_error=on_store_error,
             cookie_refresh=cookie_refresh,
             permanent_by_default=bool(options.get("permanent_by_default", False)),
+            on_event=on_event,
         )
 
     def expires_at(self, created: float, now: float) -> float:

@@ -92,21 +92,35 @@ def _keys(text: str) -> str | list[str]:
     return keys[0] if len(keys) == 1 else keys
 
 
+def _imported(text: str, hint: str) -> Any:
+    """The object a dotted name (``package.module:name`` or ``package.module.name``) names."""
+    module_name, sep, attribute = text.partition(":")
+    if not sep:
+        module_name, _, attribute = text.rpartition(".")
+    if not module_name or not attribute:
+        raise _Invalid(hint)
+    try:
+        return getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise _Invalid(f"cannot import it: {exc}") from None
+
+
+def _hook(text: str) -> Any:
+    found = _imported(text, "give a dotted name such as 'myapp.audit:on_session_event'")
+    if not callable(found):
+        raise _Invalid("not callable")
+    return found
+
+
 def _serializer(text: str) -> Serializer:
     name = text.lower()
     if name == "json":
         return TaggedJSONSerializer()
     if name == "msgpack":
         return MsgpackSerializer()
-    module_name, sep, attribute = text.partition(":")
-    if not sep:
-        module_name, _, attribute = text.rpartition(".")
-    if not module_name or not attribute:
-        raise _Invalid("use 'json', 'msgpack' or a dotted name such as 'mypackage.codecs:Codec'")
-    try:
-        found: Any = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
-        raise _Invalid(f"cannot import it: {exc}") from None
+    found = _imported(
+        text, "use 'json', 'msgpack' or a dotted name such as 'mypackage.codecs:Codec'"
+    )
     if not (callable(getattr(found, "dumps", None)) and callable(getattr(found, "loads", None))):
         raise _Invalid("not a serializer (it needs name, dumps and loads)")
     if isinstance(found, type):  # a class: the serializer is an instance of it
@@ -140,6 +154,7 @@ CONVERTERS: dict[str, Callable[[str], Any]] = {
     "on_store_error": _text,
     "cookie_refresh": _text,
     "permanent_by_default": _bool,
+    "on_event": _hook,
 }
 
 

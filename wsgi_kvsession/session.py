@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import envelope
 from .cookies import expired_cookie, request_cookie_values, session_cookie
-from .ids import log_id, store_key
+from .events import SessionEvent, emit
+from .ids import store_key
 from .serializers import SerializationError
 from .stores.base import Record, Store, StoreError, Version
 
@@ -134,7 +135,7 @@ class Session(MutableMapping[str, Any]):
                 break
         if session_id is None:
             # Rule 2: never the value itself in the log, it may be a live ID.
-            log.info("rejected a malformed session cookie (%d value(s))", len(values))
+            self._event(SessionEvent.REJECTED, None, f"{len(values)} value(s)")
             return
         try:
             record = self.store.load(store_key(self.options.key_prefix, session_id))
@@ -148,16 +149,16 @@ class Session(MutableMapping[str, Any]):
             return
         if record is None:
             # Rule 3 (strict mode): the ID is never adopted; a write gets a new one.
-            log.info("unknown or expired session %s", log_id(session_id))
+            self._event(SessionEvent.UNKNOWN, session_id)
             return
         try:
             stored, data = self._decode(record, now)
         except SerializationError as exc:
-            log.warning("ignoring unreadable session %s: %s", log_id(session_id), exc)
+            self._event(SessionEvent.UNREADABLE, session_id, str(exc))
             return
         absolute = self.options.absolute_timeout
         if record.expires_at <= now or (absolute is not None and stored.created + absolute <= now):
-            log.info("session %s expired", log_id(session_id))
+            self._event(SessionEvent.EXPIRED, session_id)
             return
         self._sid = session_id
         self._record = record
@@ -356,14 +357,18 @@ class Session(MutableMapping[str, Any]):
     def _key(self, session_id: str) -> str:
         return store_key(self.options.key_prefix, session_id)
 
-    def _delete_record(self, event: str) -> None:
+    def _event(self, event: SessionEvent, session_id: str | None, detail: str = "") -> None:
+        hashed = self.options.ids.log_hash(session_id) if session_id is not None else None
+        emit(self.options.on_event, event, hashed, detail)
+
+    def _delete_record(self, event: SessionEvent) -> None:
         """Delete the stored record of the current ID, if there is one, at once."""
         if not self._loaded:
             self._load()
         if self._record is not None and self._sid is not None:
             self.store.delete(self._key(self._sid))
             self._deleted = True
-            log.info("session %s %s", log_id(self._sid), event)
+            self._event(event, self._sid)
         self._record = None
 
     def regenerate(self) -> None:
@@ -375,7 +380,7 @@ class Session(MutableMapping[str, Any]):
         when the response starts. The creation time is kept, so regenerating
         never extends the absolute timeout.
         """
-        self._delete_record("regenerated")
+        self._delete_record(SessionEvent.REGENERATED)
         self._sid = self.options.ids.new_id()
         self._changing()
 
@@ -385,7 +390,7 @@ class Session(MutableMapping[str, Any]):
         A request of the same session still in flight cannot write it back
         (rule 10). Data set after ``destroy()`` starts a new session.
         """
-        self._delete_record("destroyed")
+        self._delete_record(SessionEvent.DESTROYED)
         if self._request_had_cookie:
             self._deleted = True  # expire whatever cookie the browser sent
         self._changing()
@@ -519,7 +524,7 @@ class Session(MutableMapping[str, Any]):
             session_id = self._sid or self.options.ids.new_id()
             if self.store.insert(self._key(session_id), value, expires_at):
                 self._sid = session_id
-                log.info("session %s created", log_id(session_id))
+                self._event(SessionEvent.CREATED, session_id)
                 return session_id
             # Insert-if-absent refused: the ID is taken. Never share a record.
             log.warning("session ID collision in %r; drawing another ID", self.store)
@@ -538,7 +543,7 @@ class Session(MutableMapping[str, Any]):
         """
         if data is None:
             if self.store.delete(key, version):
-                log.info("session %s emptied and deleted", log_id(self._sid or ""))
+                self._event(SessionEvent.EMPTIED, self._sid)
                 return _Outcome.DELETED
         elif self.store.update(key, self._pack(data, now), expires_at, version):
             return _Outcome.SAVED
@@ -551,16 +556,12 @@ class Session(MutableMapping[str, Any]):
         for attempt in range(MAX_MERGE_ATTEMPTS):
             current = self.store.load(key)
             if current is None:
-                log.warning(
-                    "session %s was destroyed or expired while this request ran; "
-                    "its changes are dropped, not written back",
-                    log_id(self._sid or ""),
-                )
+                self._event(SessionEvent.GONE, self._sid)
                 return _Outcome.GONE
             try:
                 theirs, their_data = self._decode(current, now)
             except SerializationError as exc:
-                log.warning("session %s became unreadable: %s", log_id(self._sid or ""), exc)
+                self._event(SessionEvent.UNREADABLE, self._sid, str(exc))
                 return _Outcome.GONE
             merged = self._merge(loaded, their_data)
             self._permanent = permanent if own_permanent else theirs.permanent

@@ -87,7 +87,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.cache import patch_vary_headers
 
 from .. import envelope
-from ..ids import log_id, store_key
+from ..events import SessionEvent, emit
+from ..ids import store_key
 from ..middleware import ENVIRON_KEY
 from ..options import DEFAULT_ABSOLUTE_TIMEOUT, Options, SessionOptions
 from ..serializers import SerializationError
@@ -499,18 +500,23 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             return {}
         if record is None:
             # Strict mode (rule 3): an unknown ID is never adopted.
-            log.info("unknown or expired session %s", log_id(session_id))
+            emit(options.on_event, SessionEvent.UNKNOWN, options.ids.log_hash(session_id))
             self._session_key = None
             return {}
         try:
             stored, data = _decode_record(options, record, now)
         except SerializationError as exc:
-            log.warning("ignoring unreadable session %s: %s", log_id(session_id), exc)
+            emit(
+                options.on_event,
+                SessionEvent.UNREADABLE,
+                options.ids.log_hash(session_id),
+                str(exc),
+            )
             self._session_key = None
             return {}
         absolute = options.absolute_timeout
         if absolute is not None and stored.created + absolute <= now:
-            log.info("session %s expired", log_id(session_id))
+            emit(options.on_event, SessionEvent.EXPIRED, options.ids.log_hash(session_id))
             self._session_key = None
             return {}
         self._kv_known = True
@@ -538,7 +544,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
                 log.exception("session store failed; the idle deadline was not moved")
                 touched = True  # the data was read; only the deadline stays
             if not touched:
-                log.info("session %s vanished while it was read", log_id(session_id))
+                emit(options.on_event, SessionEvent.GONE, options.ids.log_hash(session_id))
                 self._session_key = None
                 return {}
             self._kv_expires_at = max(self._kv_expires_at, deadline)
@@ -678,7 +684,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             if self._kv_store.insert(key, value, deadline):
                 self._kv_pending = False
                 self._kv_written(data, encoded, permanent, user_id, deadline)
-                log.info("session %s created", log_id(cast(str, self._kv_id(self.session_key))))
+                options = self._kv_options
+                hashed = options.ids.log_hash(cast(str, self._kv_id(self.session_key)))
+                emit(options.on_event, SessionEvent.CREATED, hashed)
                 return
             if must_create:
                 raise CreateError
