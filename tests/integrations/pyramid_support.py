@@ -14,10 +14,11 @@ from typing import Any
 import webtest  # type: ignore[import-untyped]
 from pyramid.config import Configurator
 from pyramid.csrf import LegacySessionCSRFStoragePolicy
-from pyramid.events import NewResponse
+from pyramid.events import NewRequest, NewResponse
 from pyramid.httpexceptions import HTTPFound
 from pyramid.request import Request
 from pyramid.response import Response
+from pyramid.router import Router
 
 from wsgi_kvsession import KVSessionMiddleware
 from wsgi_kvsession.integrations.pyramid import KVSession, KVSessionFactory
@@ -30,7 +31,9 @@ __all__ = [
     "MODES",
     "SECRET",
     "Backend",
+    "Crash",
     "Reply",
+    "Retry",
     "SetCookie",
     "add_views",
     "make_app",
@@ -38,6 +41,7 @@ __all__ = [
     "parse_set_cookie",
     "paste_app",
     "reply",
+    "retry_policy",
     "session_cookie",
 ]
 
@@ -51,6 +55,50 @@ MODES = ["middleware", "factory"]
 
 class Boom(Exception):
     """What ``/boom`` raises; an exception view answers it with a 500."""
+
+
+class Crash(Exception):
+    """What ``/crash`` raises; no exception view answers it."""
+
+
+class Retry(Exception):
+    """A retryable error (pyramid_retry's ``RetryableException``): what
+    ``/retry`` raises on the first attempt."""
+
+
+class AnsweredRetry(Retry):
+    """A retryable error an exception view answers (``/retry?answered=503``)."""
+
+
+def retry_policy(attempts: int) -> Callable[[dict[str, Any], Router], Any]:
+    """An execution policy that does what pyramid_retry's
+    ``RetryableExecutionPolicy`` does (pyramid_retry is not installed here):
+    each attempt is a new ``Request`` on the same ``environ``, numbered in
+    ``environ["retry.attempt"]``; a :class:`Retry` raised, or answered by an
+    exception view (``request.exception``), starts the next attempt and
+    discards the response, except on the last attempt."""
+
+    def policy(environ: dict[str, Any], router: Router) -> Any:
+        for number in range(attempts):
+            last = number + 1 == attempts
+            environ["retry.attempt"] = number
+            environ["retry.attempts"] = attempts
+            context = router.request_context(environ)
+            request = context.begin()
+            try:
+                response = router.invoke_request(request)
+                if isinstance(getattr(request, "exception", None), Retry) and not last:
+                    continue
+                return response
+            except Retry:
+                if last:
+                    raise
+            finally:
+                context.end()
+                del environ["retry.attempt"], environ["retry.attempts"]
+        raise AssertionError("every attempt ended in a retry")  # pragma: no cover
+
+    return policy
 
 
 def _session(request: Request) -> KVSession:
@@ -73,7 +121,12 @@ def add_views(config: Configurator) -> None:
     ``/append-changed`` the same and calls ``changed()``, ``/changed`` only calls
     ``changed()``, ``/permanent`` makes the session permanent, ``/boom`` changes
     it and raises (an exception view answers 500), ``/redirect`` sets ``r`` and
-    raises HTTPFound.
+    raises HTTPFound, ``/crash`` sets ``crash`` and raises :class:`Crash`, which
+    no exception view answers. ``/retry`` (under :func:`retry_policy`) sets
+    ``charged`` and raises :class:`Retry` on the first attempt, and sets
+    ``attempt`` and answers the sorted items on the next; with
+    ``?answered=503`` the first attempt's error is answered by an exception
+    view with that status.
 
     POST (CSRF-checked when the config requires it): ``/submit`` stores the
     field ``v``, ``/login`` stores ``user`` (field ``user``), sets ``user_id`` and
@@ -82,7 +135,9 @@ def add_views(config: Configurator) -> None:
 
     Any request with ``?late=x`` sets ``late`` to ``"late:x"`` in a
     ``NewResponse`` subscriber, after the response callbacks ran; with
-    ``?late_item=y`` the subscriber appends ``y`` to ``cart`` in place.
+    ``?late_item=y`` the subscriber appends ``y`` to ``cart`` in place, with
+    ``?late_read=k`` it reads ``k``. With ``?finished=x`` a finished callback
+    sets ``finished`` to ``"finished:x"``.
     """
 
     def route(name: str, path: str, view: Callable[[Request], Any], **kwargs: Any) -> None:
@@ -168,6 +223,21 @@ def add_views(config: Configurator) -> None:
         _session(request)["r"] = "1"
         raise HTTPFound(location="/dump")
 
+    def crash(request: Request) -> str:
+        _session(request)["crash"] = "must not be saved"
+        raise Crash("crash")
+
+    def retry(request: Request) -> str:
+        session = _session(request)
+        attempt = request.environ["retry.attempt"]
+        if attempt == 0:
+            session["charged"] = "yes"  # undone in the database by the retry
+            if "answered" in request.GET:
+                raise AnsweredRetry("conflict")
+            raise Retry("conflict")
+        session["attempt"] = str(attempt)
+        return repr(sorted(session.items()))
+
     def submit(request: Request) -> str:
         _session(request)["v"] = request.POST.get("v", "")
         return "submitted"
@@ -211,6 +281,8 @@ def add_views(config: Configurator) -> None:
         ("permanent", permanent),
         ("boom", boom),
         ("redirect", redirect),
+        ("crash", crash),
+        ("retry", retry),
         ("whoami", whoami),
     ]:
         route(name, "/" + name, view, request_method="GET")
@@ -231,13 +303,32 @@ def add_views(config: Configurator) -> None:
         late_item = event.request.GET.get("late_item")
         if late_item is not None:
             _session(event.request)["cart"].append(late_item)  # no setter sees this
+        late_read = event.request.GET.get("late_read")
+        if late_read is not None:
+            _session(event.request).get(late_read)
 
     config.add_subscriber(late_change, NewResponse)
+
+    def finished_change(event: NewRequest) -> None:
+        finished = event.request.GET.get("finished")
+        if finished is not None:
+
+            def change(request: Request) -> None:
+                _session(request)["finished"] = "finished:" + finished
+
+            event.request.add_finished_callback(change)
+
+    config.add_subscriber(finished_change, NewRequest)
 
     def error_view(exc: Exception, request: Request) -> Response:
         return Response(f"error: {exc}", status=500)
 
     config.add_view(error_view, context=Boom)
+
+    def answered_retry_view(exc: Exception, request: Request) -> Response:
+        return Response(f"retry: {exc}", status=int(request.GET["answered"]))
+
+    config.add_view(answered_retry_view, context=AnsweredRetry)
 
 
 def make_config(settings: dict[str, Any] | None = None, *, csrf: bool = False) -> Configurator:
@@ -259,17 +350,21 @@ def make_app(
     *,
     csrf: bool = False,
     csrf_policy: str = "kvsession",
+    attempts: int | None = None,
     **options: Any,
 ) -> Any:
     """The standard Pyramid app with sessions from ``backend`` in one of the
     :data:`MODES`, set up with ``includeme``; ``options`` are session options
     (``cookie_secure`` False, as WebTest talks plain http). ``csrf_policy``
-    ``"legacy"`` puts Pyramid's default CSRF storage policy back."""
+    ``"legacy"`` puts Pyramid's default CSRF storage policy back; ``attempts``
+    sets :func:`retry_policy` as the execution policy."""
     options = backend.options(**{"cookie_secure": False, **options})
     config = make_config(csrf=csrf)
     config.include("wsgi_kvsession.integrations.pyramid")
     if csrf_policy == "legacy":
         config.set_csrf_storage_policy(LegacySessionCSRFStoragePolicy())
+    if attempts is not None:
+        config.set_execution_policy(retry_policy(attempts))
     if mode == "middleware":
         return KVSessionMiddleware(config.make_wsgi_app(), backend.store, **options)
     if mode == "factory":

@@ -434,6 +434,65 @@ def test_nested_change_after_the_response_callbacks(
         assert len(late) == 1
 
 
+def _late_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if "changed after the response" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "value"),
+    [("/nothing?late=x", "late", "late:x"), ("/nothing?finished=x", "finished", "finished:x")],
+    ids=["new-response-subscriber", "finished-callback"],
+)
+def test_first_use_after_the_response_callbacks(
+    client: webtest.TestApp,
+    backend: Backend,
+    mode: str,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    key: str,
+    value: str,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="wsgi_kvsession.session"):
+        response = reply(client.get(path))
+    if mode == "middleware":
+        # The middleware commits when the body starts, after both.
+        assert response.cookie().value
+        assert _late_warnings(caplog) == []
+        assert client.get(f"/get?k={key}").text == repr(value)
+    else:
+        # The factory's commit callback is added after Pyramid ran the
+        # response callbacks: the session is never committed, but not silently.
+        assert response.cookies() == []
+        assert backend.records() == {}
+        assert len(_late_warnings(caplog)) == 1
+        assert "not saved" in _late_warnings(caplog)[0].getMessage()
+
+
+def test_first_read_after_the_response_callbacks_is_no_change(
+    client: webtest.TestApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    client.get("/set?a=1")
+    with caplog.at_level(logging.WARNING, logger="wsgi_kvsession.session"):
+        response = reply(client.get("/nothing?late_read=a"))
+    assert response.cookies() == []
+    assert _late_warnings(caplog) == []
+
+
+def test_unhandled_exception_saves_nothing_and_reports_no_late_change(
+    client: webtest.TestApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .pyramid_support import Crash
+
+    client.get("/set?a=1")
+    with caplog.at_level(logging.WARNING, logger="wsgi_kvsession.session"):
+        with pytest.raises(Crash):
+            client.get("/crash")
+    # The factory never committed here either, but nothing was sent: no
+    # response went out without the session, so there is nothing to report.
+    assert _late_warnings(caplog) == []
+    assert client.get("/get?k=crash").text == "None"
+
+
 def test_secure_and_signed_options_reach_the_cookie(backend: Backend, mode: str) -> None:
     client = webtest.TestApp(
         make_app(backend, mode, cookie_name="sid", secret_key="x" * 32),
@@ -467,6 +526,13 @@ def test_factory_session_is_in_environ_for_other_code(backend: Backend) -> None:
     session = factory(request)
     assert request.environ[ENVIRON_KEY] is session.raw
     assert get_session(request.environ) is session.raw
+    assert len(request.response_callbacks) == 1
+
+
+def test_factory_called_twice_for_one_request_gives_one_session(backend: Backend) -> None:
+    factory = KVSessionFactory(backend.store, key_prefix=backend.key_prefix)
+    request = DummyRequest()
+    assert factory(request).raw is factory(request).raw
     assert len(request.response_callbacks) == 1
 
 

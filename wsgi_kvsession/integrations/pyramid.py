@@ -21,6 +21,11 @@ When both are there, the middleware's session wins and the factory commits
 nothing, so a response never carries two session cookies. With neither, the
 first use of ``request.session`` raises a :class:`RuntimeError` naming the fix.
 
+A retried request (``pyramid_retry``: a new ``Request`` per attempt, on the
+same ``environ``) gets a fresh session from the factory on each attempt, so a
+failed attempt's changes are dropped; a middleware's session is one for the
+whole WSGI request and keeps them (see the docs).
+
 The session is loaded on first use (a view that never reads
 ``request.session`` costs no store call), and flash queues and the CSRF token
 live in it under Pyramid's own keys (``"_f_" + queue``, ``"_csrft_"``), so
@@ -32,6 +37,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +48,7 @@ from ..cookies import finish_headers
 from ..middleware import ENVIRON_KEY
 from ..options import Options, SessionOptions
 from ..paste import parse_settings
+from ..serializers import SerializationError
 from ..session import Session
 from ..stores import store_from_url
 from ..stores.base import Store
@@ -65,6 +72,9 @@ SETTINGS_PREFIX = "kvsession."
 #: Where flash queues and the CSRF token live, as in Pyramid's own sessions.
 FLASH_KEY_PREFIX = "_f_"
 CSRF_TOKEN_KEY = "_csrft_"  # noqa: S105 - a session key, not a secret
+#: The ``environ`` key where the factory notes a session it made and commits
+#: itself, to tell it from a middleware's session under ``ENVIRON_KEY``.
+FACTORY_ENVIRON_KEY = "wsgi_kvsession.pyramid.factory_session"
 
 
 @implementer(ISession)
@@ -196,9 +206,23 @@ class KVSessionFactory:
         environ = request.environ
         core = environ.get(ENVIRON_KEY)
         if isinstance(core, Session):
-            if self.store is not None and not self._told_middleware_wins:
-                self._tell_middleware_wins(core.options)
-            return KVSession(core)
+            own = environ.get(FACTORY_ENVIRON_KEY)
+            if not isinstance(own, _FactorySession) or own.session is not core:
+                # A middleware's session (or another integration's that wraps
+                # the app): whoever made it saves it.
+                if self.store is not None and not self._told_middleware_wins:
+                    self._tell_middleware_wins(core.options)
+                return KVSession(core)
+            if not own.finished:
+                # A factory's session whose request still runs: a Pyramid app
+                # this request calls on the same environ (``@wsgiapp``) shares
+                # it, and the request that made it commits it.
+                return KVSession(core)
+            # Made for an earlier Request on this environ that has finished:
+            # pyramid_retry's previous attempt. Its commit callback is gone
+            # with it, and a failed attempt's changes must not leak into the
+            # next one (Pyramid's own sessions start afresh too): a new session,
+            # loaded from the cookie again, with its own callbacks.
         if self.store is None:
             raise RuntimeError(
                 "request.session: no wsgi_kvsession store. Wrap the Pyramid app in "
@@ -207,11 +231,13 @@ class KVSessionFactory:
                 "KVSessionFactory(store)"
             )
         core = Session(self.store, self.options, environ)
+        own = _FactorySession(core)
         # Other code of this request (a WSGI app it calls, get_session())
         # sees the same session, as under the middleware.
         environ[ENVIRON_KEY] = core
-        request.add_response_callback(_commit_callback(core))
-        request.add_finished_callback(_late_change_callback(core))
+        environ[FACTORY_ENVIRON_KEY] = own
+        request.add_response_callback(own.commit)
+        request.add_finished_callback(own.finish)
         return KVSession(core)
 
     def _tell_middleware_wins(self, middleware_options: Options) -> None:
@@ -254,27 +280,63 @@ _COOKIE_AND_TIMEOUT_OPTIONS = (
 )
 
 
-def _late_change_callback(core: Session) -> Any:
-    def report(request: Any) -> None:
-        # A change after the commit (a NewResponse subscriber, a later response
-        # callback) is not saved: say so rather than lose it silently (rule 12).
-        core._after_response()
+class _FactorySession:
+    """A session the factory made and commits itself onto Pyramid's response,
+    noted in ``environ`` under :data:`FACTORY_ENVIRON_KEY`; its methods are the
+    request's response and finished callbacks."""
 
-    return report
+    __slots__ = ("committed", "finished", "session")
 
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        #: The response callback ran: the session was committed.
+        self.committed = False
+        #: The request that made the session has finished.
+        self.finished = False
 
-def _commit_callback(core: Session) -> Any:
-    def commit(request: Any, response: Any) -> None:
+    def commit(self, request: Any, response: Any) -> None:
         # Response callbacks run on the final response, the one an exception
         # view made included, and not at all for an unhandled exception: the
         # status decides (a 5xx saves nothing by default), as in the middleware.
+        self.committed = True
+        core = self.session
         set_cookie, vary = core._commit(response.status_int)
         if set_cookie is not None or vary:
             response.headerlist = finish_headers(
                 list(response.headerlist), core.options, set_cookie=set_cookie, vary=vary
             )
 
-    return commit
+    def finish(self, request: Any) -> None:
+        self.finished = True
+        core = self.session
+        if self.committed:
+            # A change after the commit (a NewResponse subscriber, a later
+            # response callback) is not saved: say so rather than lose it
+            # silently (rule 12).
+            core._after_response()
+            return
+        # Never committed. An exception no exception view handled is on its
+        # way out (this runs in the ``finally`` of Pyramid's router, where
+        # it is the one being handled): nothing is saved then, by design, and
+        # a retried attempt ends this way too. Otherwise the session was first
+        # used after Pyramid had run the response callbacks (in a NewResponse
+        # subscriber or a finished callback), so the commit callback added
+        # then never ran and the response went out without the session.
+        if sys.exc_info()[1] is None and _changed(core):
+            core._log_late_change()
+
+
+def _changed(core: Session) -> bool:
+    """Whether a session that was never committed holds something to save: a
+    mutating call, or a nested change that no setter saw."""
+    if not core._loaded:
+        return False
+    if core._mutated:
+        return True
+    try:
+        return core.modified
+    except SerializationError:
+        return True  # an unstorable value is a change too
 
 
 @implementer(ICSRFStoragePolicy)
