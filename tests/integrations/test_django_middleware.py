@@ -318,6 +318,75 @@ def test_ours_replaces_a_cookie_the_view_set_under_its_name(site: DjangoSite, ki
     assert client.get("/get?k=a").text == "'1'"
 
 
+def test_ours_cookie_survives_pickling_and_copying_the_response(
+    site: DjangoSite, backend: Backend
+) -> None:
+    """Django's cache middleware pickles responses, and code copies them: the
+    session cookie must come out the same (its text is the core's)."""
+    import copy
+    import pickle
+
+    from django.http import HttpResponse
+    from django.test import RequestFactory
+
+    from wsgi_kvsession.integrations.django import SessionMiddleware
+
+    def view(request: object) -> HttpResponse:
+        request.session["a"] = 1  # type: ignore[attr-defined]
+        return HttpResponse("ok")
+
+    response = SessionMiddleware(view)(RequestFactory().get("/"))
+    morsel = response.cookies[COOKIE]
+    header = morsel.OutputString()
+    assert header.startswith(f"{COOKIE}=")
+    # S301: these are bytes this test pickled itself.
+    cached = pickle.loads(pickle.dumps(response))  # noqa: S301
+    assert cached.cookies[COOKIE].OutputString() == header
+    pickled = pickle.loads(pickle.dumps(morsel))  # noqa: S301
+    for clone in (copy.copy(morsel), copy.deepcopy(morsel), pickled):
+        assert clone.OutputString() == header
+        assert clone.value == morsel.value
+        assert clone["path"] == morsel["path"] == "/"
+    assert copy.copy(response.cookies).output() == response.cookies.output()
+
+
+def test_ours_reports_a_change_made_by_a_streaming_body(
+    site: DjangoSite, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    site.middleware(OURS)
+    client = make_driver(site, "webtest")
+    with caplog.at_level(logging.WARNING, logger="wsgi_kvsession"):
+        assert client.get("/stream").text == "streamed"
+    assert "changed after the response headers were sent" in caplog.text
+    assert client.get("/dump").text == "[('cart', ['before'])]"  # the late change is not saved
+
+
+def test_ours_works_under_the_site_wide_cache_middleware(site: DjangoSite) -> None:
+    """UpdateCacheMiddleware pickles the responses it caches, after our
+    middleware handled them: they must pickle (they once held a closer bound
+    to the session, and with it the store's lock)."""
+    site.settings(
+        MIDDLEWARE=[
+            "django.middleware.cache.UpdateCacheMiddleware",
+            OURS,
+            "django.middleware.cache.FetchFromCacheMiddleware",
+        ],
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}},
+        CACHE_MIDDLEWARE_KEY_PREFIX=f"wsgi-kvsession-{site.backend.key_prefix}",
+    )
+    client = Client(raise_request_exception=False)
+    first = client.get("/nothing")
+    assert first.status_code == 200
+    assert "max-age" in first["Cache-Control"]  # cached by the middleware
+    again = client.get("/nothing")
+    assert again.status_code == 200
+    assert again.content == b"nothing"
+    written = client.get("/set?a=1")  # a session response is never cached
+    assert written.status_code == 200
+    assert written["Cache-Control"] == "no-store"
+    assert client.get("/get?k=a").content == b"'1'"
+
+
 def test_ours_request_session_is_a_kvsession(site: DjangoSite, backend: Backend) -> None:
     from django.http import HttpResponse
     from django.test import RequestFactory
@@ -412,6 +481,33 @@ def test_kvsession_is_a_session_proxy_and_a_session_base(
     assert KVSession(core_session(backend, cookie)).load() == {"a": 1, "b": 2}
 
 
+def test_kvsession_costs_no_serializer_import_per_request(
+    site: DjangoSite, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SessionBase.__init__ imports SESSION_SERIALIZER, which KVSession never
+    uses for storage: it is imported only when asked for (encode/decode)."""
+    from django.contrib.sessions.serializers import JSONSerializer
+    from django.utils import module_loading
+
+    imported: list[str] = []
+    real = module_loading.cached_import  # what every import_string() call ends in
+
+    def counting(module_path: str, name: str) -> object:
+        imported.append(f"{module_path}.{name}")
+        return real(module_path, name)
+
+    monkeypatch.setattr(module_loading, "cached_import", counting)
+    session = KVSession(core_session(backend))
+    assert imported == []
+    assert session.accessed is False
+    assert session.modified is False
+    assert session.session_key is None
+    assert session._session_key is None
+    assert session.serializer is JSONSerializer
+    assert session.decode(session.encode({"a": 1})) == {"a": 1}
+    assert imported == ["django.contrib.sessions.serializers.JSONSerializer"]  # on demand
+
+
 def test_kvsession_async_api(site: DjangoSite, backend: Backend) -> None:
     import asyncio
 
@@ -443,6 +539,54 @@ def test_kvsession_async_api(site: DjangoSite, backend: Backend) -> None:
 
     asyncio.run(cycle_and_flush())
     assert backend.records() == {}
+
+
+def test_kvsession_behind_a_wsgi_middleware_keeps_the_sites_cookie_kind(
+    site: DjangoSite, backend: Backend
+) -> None:
+    """``_prepare_commit(own=False)``: only set_expiry() (or removing the
+    expiry it set) changes the cookie kind; Django's write does not."""
+    import dataclasses
+
+    options = dataclasses.replace(get_options(), permanent_by_default=False)  # the site's
+
+    def request(cookie: str | None = None) -> tuple[Session, KVSession]:
+        environ = {} if cookie is None else {"HTTP_COOKIE": f"{COOKIE}={cookie}"}
+        core = Session(backend.store, options, environ)
+        return core, KVSession(core)
+
+    core, session = request()
+    session["a"] = 1
+    session._prepare_commit(own=False)
+    assert core.permanent is False
+    cookie = commit(core)
+    core, session = request(cookie)
+    session.set_expiry(300)
+    session._prepare_commit(own=False)
+    assert core.permanent is True
+    commit(core)
+    core, session = request(cookie)
+    session["b"] = 2  # the expiry set before still holds
+    session._prepare_commit(own=False)
+    assert core.permanent is True
+    commit(core)
+    core, session = request(cookie)
+    session.clear()  # removes the expiry too: the site's default again
+    session["c"] = 3
+    session._prepare_commit(own=False)
+    assert core.permanent is False
+    commit(core)
+    core, session = request(cookie)
+    core.permanent = True  # another framework's choice
+    session["d"] = 4
+    session.set_expiry(None)  # no expiry to remove: nothing to go back to
+    session._prepare_commit(own=False)
+    assert core.permanent is True
+    # Without a WSGI middleware, Django's policy decides, as in Django.
+    core, session = request()
+    session["e"] = 5
+    session._prepare_commit(own=True)
+    assert core.permanent is True  # SESSION_EXPIRE_AT_BROWSER_CLOSE=False
 
 
 def test_the_user_tie_follows_the_auth_key_only(site: DjangoSite, backend: Backend) -> None:

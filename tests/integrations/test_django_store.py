@@ -496,6 +496,97 @@ def test_parallel_saves_of_different_keys_are_merged(site: DjangoSite, backend: 
     assert sorted(SessionStore(base.session_key).items()) == [("a", 1), ("b", 2)]
 
 
+def test_a_second_save_in_one_request_merges_a_parallel_change(
+    site: DjangoSite, backend: Backend
+) -> None:
+    """A view saves the session itself (to learn its key, before a long
+    task), changes more, and Django's middleware saves again: the second save
+    must not overwrite what a parallel request wrote in between."""
+    base = SessionStore()
+    base.update({"a": 0, "b": 0, "gone": 1})
+    base.save()
+    one = SessionStore(base.session_key)
+    two = SessionStore(base.session_key)
+    one["a"] = 1
+    one.save()  # the view's save()
+    two["b"] = 2  # a parallel request
+    del two["gone"]
+    two.save()
+    one["c"] = 3
+    one.save()  # the middleware's save()
+    assert sorted(SessionStore(base.session_key).items()) == [("a", 1), ("b", 2), ("c", 3)]
+    assert sorted(one.items()) == [("a", 1), ("b", 2), ("c", 3)]  # the merged data
+    one["a"] = 4  # and a third save merges from there
+    one.save()
+    assert sorted(SessionStore(base.session_key).items()) == [("a", 4), ("b", 2), ("c", 3)]
+
+
+def test_a_second_save_with_no_parallel_change_is_a_compare_and_set(
+    site: DjangoSite, backend: Backend
+) -> None:
+    session = SessionStore()
+    session["a"] = 0
+    session.save()
+    session = SessionStore(session.session_key)
+    session["a"] = 1
+    session.save()
+    session["b"] = 2
+    backend.store.reset()
+    session.save()
+    # The record is read for its version (the store does not return it on a
+    # write), found to be this request's, and updated with that version.
+    assert backend.store.methods() == ["load", "update"]
+    assert sorted(SessionStore(session.session_key).items()) == [("a", 1), ("b", 2)]
+
+
+def test_a_second_save_racing_a_parallel_write_merges(
+    site: DjangoSite, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another request writes between the second save's read and its update:
+    the update carries the version it read, so it is refused and merged."""
+    assert backend.inner.supports_versioning
+    session = SessionStore()
+    session.update({"a": 0, "b": 0})
+    session.save()
+    key = session.session_key
+    session = SessionStore(key)
+    session["a"] = 1
+    session.save()
+    session["c"] = 3
+    load = backend.store.load
+    raced: list[bool] = []
+
+    def load_then_race(store_key: str) -> Record | None:
+        record = load(store_key)
+        if not raced:
+            raced.append(True)
+            parallel = SessionStore(key)
+            parallel["b"] = 2
+            parallel.save()
+        return record
+
+    monkeypatch.setattr(backend.store, "load", load_then_race)
+    session.save()
+    monkeypatch.undo()
+    assert raced
+    assert sorted(SessionStore(key).items()) == [("a", 1), ("b", 2), ("c", 3)]
+
+
+def test_a_second_save_after_the_record_vanished_raises_update_error(
+    site: DjangoSite, backend: Backend
+) -> None:
+    session = SessionStore()
+    session["a"] = 0
+    session.save()
+    session["a"] = 1
+    session.save()
+    SessionStore(session.session_key).delete()  # logged out elsewhere
+    session["b"] = 2
+    with pytest.raises(UpdateError):
+        session.save()
+    assert backend.records() == {}  # not brought back
+
+
 def test_auth_user_id_ties_the_record_to_the_user(site: DjangoSite, backend: Backend) -> None:
     session = SessionStore()
     session["_auth_user_id"] = "42"
@@ -708,6 +799,7 @@ def test_bad_configuration_is_a_clear_error(
 
 
 def test_settings_become_options(site: DjangoSite) -> None:
+    assert get_options().permanent_by_default is True  # Django's lasting cookies
     site.settings(
         SESSION_COOKIE_NAME="sid",
         SESSION_COOKIE_PATH="/app",
@@ -717,6 +809,7 @@ def test_settings_become_options(site: DjangoSite) -> None:
         SESSION_COOKIE_SAMESITE=False,
         SESSION_COOKIE_AGE=3600,
         SESSION_SAVE_EVERY_REQUEST=True,
+        SESSION_EXPIRE_AT_BROWSER_CLOSE=True,
     )
     options = get_options()
     assert isinstance(options, Options)
@@ -731,6 +824,7 @@ def test_settings_become_options(site: DjangoSite) -> None:
     assert options.idle_timeout == 3600
     assert options.absolute_timeout == 30 * 86400
     assert options.cookie_refresh == "every_request"
+    assert options.permanent_by_default is False
     assert options.key_prefix.startswith("test-django-")
     assert get_options() is options  # built once per configuration
 

@@ -15,10 +15,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from django.conf import settings
 from flask import Flask, session
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
-from wsgi_kvsession import KVSessionMiddleware, get_session
+from wsgi_kvsession import KVSessionMiddleware, envelope, get_session
+from wsgi_kvsession.ids import IdCodec, store_key
 from wsgi_kvsession.integrations.django import session_options
 from wsgi_kvsession.integrations.flask import KVSessionInterface
 
@@ -93,12 +95,45 @@ def test_login_and_logout_behind_the_middleware(
     assert client.get("/whoami").text == "anonymous"
 
 
-def test_django_expiry_policy_behind_the_middleware(site: DjangoSite, backend: Backend) -> None:
+def stored_permanent(backend: Backend, cookie_value: str | None) -> bool:
+    """The ``permanent`` flag of the record behind a cookie value."""
+    session_id = IdCodec().decode(cookie_value or "")
+    assert session_id is not None
+    record = backend.inner.load(store_key(backend.key_prefix, session_id))
+    assert record is not None
+    return envelope.unpack(record.value).permanent
+
+
+def test_the_sites_cookie_policy_holds_behind_the_middleware(
+    site: DjangoSite, backend: Backend
+) -> None:
+    """The cookie kind is the WSGI middleware's (``permanent_by_default``,
+    False here), not Django's SESSION_EXPIRE_AT_BROWSER_CLOSE (False: lasting
+    cookies); only an explicit ``set_expiry()`` changes it."""
     client = wrapped(site, backend)
-    # Django's default (SESSION_EXPIRE_AT_BROWSER_CLOSE=False): a lasting cookie.
-    assert (client.get("/set?a=1").cookie(COOKIE).max_age or 0) > 0
+    assert client.get("/set?a=1").cookie(COOKIE).max_age is None  # a browser-session cookie
+    assert stored_permanent(backend, client.cookie(COOKIE)) is False
+    assert client.get("/set?a=2").cookies(COOKIE) == []  # a later write keeps it so
+    assert stored_permanent(backend, client.cookie(COOKIE)) is False
+    assert client.get("/expiry?value=300").cookie(COOKIE).max_age == 300
+    assert stored_permanent(backend, client.cookie(COOKIE)) is True
     assert client.get("/expiry?value=0").cookie(COOKIE).max_age is None
     assert client.get("/expiry?value=300").cookie(COOKIE).max_age == 300
+    # set_expiry(None): back to the site's policy, not Django's.
+    assert client.get("/expiry?value=none").cookie(COOKIE).max_age is None
+    assert stored_permanent(backend, client.cookie(COOKIE)) is False
+
+
+def test_a_lasting_site_cookie_stays_lasting_behind_the_middleware(
+    site: DjangoSite, backend: Backend
+) -> None:
+    site.settings(SESSION_EXPIRE_AT_BROWSER_CLOSE=True)  # Django's; not the site's
+    client = wrapped(site, backend, permanent_by_default=True, idle_timeout=600)
+    assert client.get("/set?a=1").cookie(COOKIE).max_age == 600
+    assert client.get("/expiry?value=0").cookie(COOKIE).max_age is None
+    assert stored_permanent(backend, client.cookie(COOKIE)) is False
+    assert client.get("/expiry?value=none").cookie(COOKIE).max_age == 600
+    assert stored_permanent(backend, client.cookie(COOKIE)) is True
 
 
 def test_middleware_options_rule_behind_the_middleware(site: DjangoSite, backend: Backend) -> None:
@@ -131,10 +166,15 @@ def test_session_options_build_a_matching_middleware(site: DjangoSite, backend: 
     site.middleware(OURS)
     app = KVSessionMiddleware(site.wsgi(), backend.store, **session_options())
     client = site.webtest(app)
-    client.get("/set?a=1")
+    reply = client.get("/set?a=1")
     value = client.cookie("sessionid")  # Django's SESSION_COOKIE_NAME
     assert value is not None
     assert SessionStore(value)["a"] == "1"
+    # SESSION_EXPIRE_AT_BROWSER_CLOSE=False (Django's default) is the site's policy.
+    assert reply.cookie("sessionid").max_age == settings.SESSION_COOKIE_AGE
+    site.settings(SESSION_EXPIRE_AT_BROWSER_CLOSE=True)
+    client = site.webtest(KVSessionMiddleware(site.wsgi(), backend.store, **session_options()))
+    assert client.get("/set?a=1").cookie("sessionid").max_age is None
 
 
 # ======================================== one session, several frameworks
@@ -160,6 +200,12 @@ def flask_app(backend: Backend) -> Flask:
         from flask import request
 
         return repr(session.get(request.args["k"]))
+
+    @app.get("/browser-session")
+    def browser_session() -> str:
+        session.permanent = False
+        session["kind"] = "browser"
+        return "browser session"
 
     @app.get("/logout")
     def logout() -> str:
@@ -207,6 +253,32 @@ def test_values_travel_between_flask_django_and_raw_wsgi(
     mixed.get("/set?from_flask=changed-by-django")
     assert mixed.get("/flask/get?k=from_flask").text == "'changed-by-django'"
     assert mixed.cookie(COOKIE) == cookie
+
+
+def test_a_django_write_keeps_the_cookie_kind_flask_chose(
+    site: DjangoSite, backend: Backend
+) -> None:
+    """A lasting site cookie made a browser-session cookie by the Flask part
+    stays one when the Django part writes (Django's SESSION_EXPIRE_AT_BROWSER_CLOSE
+    does not apply behind the WSGI middleware)."""
+    site.middleware(OURS)
+    dispatcher = DispatcherMiddleware(site.wsgi(), {"/flask": flask_app(backend)})
+    app = KVSessionMiddleware(
+        dispatcher,
+        backend.store,
+        key_prefix=backend.key_prefix,
+        cookie_secure=False,
+        permanent_by_default=True,
+    )
+    client = site.webtest(app)
+    assert (client.get("/flask/set?a=1").cookie(COOKIE).max_age or 0) > 0
+    assert client.get("/flask/browser-session").cookie(COOKIE).max_age is None
+    for reply in (client.get("/set?b=2"), client.get("/cart"), client.get("/append?item=x")):
+        assert all(cookie.max_age is None for cookie in reply.cookies(COOKIE)), reply.headers
+    assert stored_permanent(backend, client.cookie(COOKIE)) is False
+    assert client.get("/dump").text == (
+        "[('a', '1'), ('b', '2'), ('cart', ['x']), ('kind', 'browser')]"
+    )
 
 
 def test_django_login_is_seen_by_flask_and_django_logout_logs_out_everywhere(

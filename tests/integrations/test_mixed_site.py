@@ -20,6 +20,8 @@ import pytest
 import webtest
 from django.test import override_settings
 
+from wsgi_kvsession import envelope
+
 from . import django_support  # noqa: F401 - configures Django for this process
 from .flask_support import Backend
 
@@ -86,3 +88,19 @@ def test_a_login_regenerates_the_id_for_every_part(site: webtest.TestApp, backen
     assert site.cookies["session"] != before
     assert _json(site, "/pyramid/cart") == {"cart": ["apple"]}  # the data moved along
     assert len(backend.records()) == 1
+
+
+@pytest.mark.parametrize("part", ["flask", "pyramid", "django"])
+def test_a_write_from_any_part_keeps_the_sites_cookie_kind(
+    site: webtest.TestApp, backend: Backend, part: str
+) -> None:
+    """The site's middleware makes browser-session cookies (its
+    ``permanent_by_default`` is False); the frameworks' own cookie settings,
+    Django's SESSION_EXPIRE_AT_BROWSER_CLOSE among them, do not change that."""
+    for path in (f"/{part}/add?item=apple", f"/{part}/add?item=pear"):
+        response = site.get(path)
+        for cookie in response.headers.getall("Set-Cookie"):
+            assert "Max-Age" not in cookie, cookie
+            assert "Expires" not in cookie, cookie
+    (record,) = backend.records().values()
+    assert envelope.unpack(record.value).permanent is False

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import logging
 import math
 import random
@@ -85,6 +86,7 @@ from django.contrib.sessions.middleware import (
 )
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.cache import patch_vary_headers
+from django.utils.module_loading import import_string
 
 from .. import envelope
 from ..events import SessionEvent, emit
@@ -141,6 +143,7 @@ SETTINGS_KEYS = {
     "idle_timeout": "SESSION_COOKIE_AGE",
     "absolute_timeout": "SESSION_COOKIE_AGE",
     "cookie_refresh": "SESSION_SAVE_EVERY_REQUEST",
+    "permanent_by_default": "SESSION_EXPIRE_AT_BROWSER_CLOSE",
 }
 
 
@@ -228,6 +231,9 @@ def session_options() -> SessionOptions:
         if isinstance(age, (int, float)) and not isinstance(age, bool)
         else age,
         "cookie_refresh": "every_request" if settings.SESSION_SAVE_EVERY_REQUEST else "on_touch",
+        # The cookie kind of a session no set_expiry() spoke for: for a WSGI
+        # middleware built from these options, Django's policy is the site's.
+        "permanent_by_default": not settings.SESSION_EXPIRE_AT_BROWSER_CLOSE,
     }
     explicit = getattr(settings, "WSGI_KVSESSION_OPTIONS", None) or {}
     if not isinstance(explicit, Mapping):
@@ -412,6 +418,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         self._kv_expires_at = 0.0
         #: The data as loaded or last written (b"" when unknown).
         self._kv_data = b""
+        #: The whole record value this instance last wrote (b"" when none):
+        #: the record is still ours while it holds exactly these bytes.
+        self._kv_value = b""
         self._kv_permanent: bool | None = None
         #: The current key is new (cycle_key): the next save inserts it.
         self._kv_pending = False
@@ -634,12 +643,25 @@ class SessionStore(SessionBase):  # type: ignore[misc]
                 raise UpdateError
             self._kv_expires_at = deadline
             return
+        version = self._kv_version
+        if version is None:
+            # This instance wrote the record last (a view's save(), then the
+            # middleware's), and a write does not tell its new version. Read
+            # it, so that this save is a compare-and-set too and cannot
+            # overwrite what a parallel request wrote since.
+            current = self._kv_store.load(key)
+            if current is None:
+                raise UpdateError  # deleted meanwhile (logged out elsewhere)
+            if current.value != self._kv_value:
+                # Changed by another request: merge key by key, with what
+                # this instance last wrote as the common base.
+                self._kv_merge(key, data, permanent, user_id, deadline, now)
+                return
+            version = current.version
         value = self._kv_pack(created, now, permanent, user_id, encoded)
-        if self._kv_store.update(key, value, deadline, self._kv_version):
-            self._kv_written(data, encoded, permanent, user_id, deadline)
+        if self._kv_store.update(key, value, deadline, version):
+            self._kv_written(data, value, encoded, permanent, user_id, deadline)
             return
-        if self._kv_version is None:
-            raise UpdateError  # no record to update: deleted meanwhile
         self._kv_merge(key, data, permanent, user_id, deadline, now)
 
     def _kv_read_record(self, now: float) -> None:
@@ -683,7 +705,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             key = self._kv_key(cast(str, self._kv_id(self.session_key)))
             if self._kv_store.insert(key, value, deadline):
                 self._kv_pending = False
-                self._kv_written(data, encoded, permanent, user_id, deadline)
+                self._kv_written(data, value, encoded, permanent, user_id, deadline)
                 options = self._kv_options
                 hashed = options.ids.log_hash(cast(str, self._kv_id(self.session_key)))
                 emit(options.on_event, SessionEvent.CREATED, hashed)
@@ -722,6 +744,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
     def _kv_written(
         self,
         data: dict[str, Any],
+        value: bytes,
         encoded: bytes,
         permanent: bool,
         user_id: str | int | None,
@@ -729,7 +752,8 @@ class SessionStore(SessionBase):  # type: ignore[misc]
     ) -> None:
         """Remember what was just written as the state of the record."""
         self._kv_known = True
-        self._kv_version = None  # unknown after a write; a later save updates plainly
+        self._kv_version = None  # unknown after a write; a later save reads it first
+        self._kv_value = value
         self._kv_data = encoded
         self._kv_permanent = permanent
         self._kv_user_id = user_id
@@ -745,8 +769,9 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         deadline: float,
         now: float,
     ) -> None:
-        """Another request wrote the record since it was loaded: apply this
-        request's key-level changes to the newer data, compare-and-set again."""
+        """Another request wrote the record since this instance loaded (or
+        last wrote) it: apply this request's key-level changes to the newer
+        data, compare-and-set again."""
         options = self._kv_options
         loaded = options.serializer.loads(self._kv_data) if self._kv_data else {}
         own_permanent = permanent != self._kv_permanent
@@ -772,7 +797,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             if self._kv_store.update(key, value, deadline, current.version):
                 self._session_cache = merged
                 self._kv_created = theirs.created
-                self._kv_written(merged, encoded, merged_permanent, merged_user, deadline)
+                self._kv_written(merged, value, encoded, merged_permanent, merged_user, deadline)
                 return
             time.sleep(random.uniform(0, 0.001 * (attempt + 1)))  # noqa: S311 - jitter
         raise StoreError(
@@ -852,8 +877,20 @@ class KVSession(SessionProxy, SessionBase):  # type: ignore[misc]
     def __init__(self, session: Session) -> None:
         SessionProxy.__init__(self, session)
         self._base_options = session.options
-        SessionBase.__init__(self, None)
+        # Not SessionBase.__init__: of what it sets, the key, ``accessed``
+        # and ``modified`` are the core session's (properties below), and the
+        # serializer it imports on every request is never used for storage
+        # (``serializer`` below imports it if encode()/decode() are called).
         self._session_cache = session
+        #: The session's own expiry was removed in this request
+        #: (``set_expiry(None)``, ``clear()``): the default policy applies again.
+        self._expiry_removed = False
+
+    @functools.cached_property
+    def serializer(self) -> Any:
+        """Django's ``SESSION_SERIALIZER``, for ``encode()``/``decode()`` only
+        (the record is written with the core's serializer)."""
+        return import_string(settings.SESSION_SERIALIZER)
 
     # -- attributes ------------------------------------------------------
 
@@ -863,6 +900,12 @@ class KVSession(SessionProxy, SessionBase):  # type: ignore[misc]
         or None while it has no ID (new and empty)."""
         session_id = self._session.id
         return None if session_id is None else self._session.options.ids.encode(session_id)
+
+    @property
+    def _session_key(self) -> str | None:
+        # SessionBase's private name for the key, read by some of its
+        # methods; the key is the core session's.
+        return self.session_key
 
     @property
     def accessed(self) -> bool:
@@ -897,9 +940,12 @@ class KVSession(SessionProxy, SessionBase):  # type: ignore[misc]
     def _tie(self, key: str) -> None:
         """Keep the record's user tie in step with Django's auth key (set or
         removed), so that ``SessionManager.sessions_of()``/``revoke_user()``
-        find Django logins."""
+        find Django logins; note the removal of the session's own expiry
+        (``set_expiry(None)`` deletes the key)."""
         if key == _AUTH_USER_KEY:
             self._session.user_id = _user_id(self._session.get(key))
+        elif key == _EXPIRY_KEY and key not in self._session:
+            self._expiry_removed = True
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._session[key] = value
@@ -928,6 +974,8 @@ class KVSession(SessionProxy, SessionBase):  # type: ignore[misc]
             self[key] = value
 
     def clear(self) -> None:
+        if _EXPIRY_KEY in self._session:
+            self._expiry_removed = True  # back to the default policy, as in Django
         self._session.clear()
 
     async def _aget_session(self, no_load: bool = False) -> Session:
@@ -1014,15 +1062,21 @@ class KVSession(SessionProxy, SessionBase):  # type: ignore[misc]
 
     # -- before the commit point -----------------------------------------
 
-    def _prepare_commit(self) -> None:
+    def _prepare_commit(self, *, own: bool = True) -> None:
         """Turn Django's expiry policy into the core's terms before the session
         is committed: the cookie kind (``set_expiry(0)``,
-        ``SESSION_EXPIRE_AT_BROWSER_CLOSE``) and a session's own expiry."""
+        ``SESSION_EXPIRE_AT_BROWSER_CLOSE``) and a session's own expiry.
+
+        ``own`` is False behind a WSGI middleware: the cookie kind is then the
+        site's (its ``permanent_by_default``, or what another framework set),
+        and only an explicit ``set_expiry()`` changes it.
+        """
         core = self._session
         if not core.accessed:
             return  # rule 6: never loaded, nothing to decide
         options = self._base_options
-        idle, end = _expiry_deadline(core.get(_EXPIRY_KEY))
+        expiry = core.get(_EXPIRY_KEY)
+        idle, end = _expiry_deadline(expiry)
         if idle is not None:
             options = dataclasses.replace(
                 options, idle_timeout=idle, touch_interval=min(options.touch_interval, idle / 4)
@@ -1040,11 +1094,20 @@ class KVSession(SessionProxy, SessionBase):  # type: ignore[misc]
             )
         if core.options is not options:
             core.options = options
-        if core.modified:
+        if not core.modified:
             # Only when the session is written anyway: applying Django's
             # default (permanent cookies) to every read would rewrite
             # sessions a framework with the opposite default shares.
+            return
+        if own:
             core.permanent = not self.get_expire_at_browser_close()
+        elif expiry is not None:
+            core.permanent = expiry != 0  # set_expiry(): Django's word counts
+        elif self._expiry_removed:
+            # set_expiry(None) goes back to the default policy: the site's.
+            core.permanent = core.options.permanent_by_default
+        # Otherwise SESSION_EXPIRE_AT_BROWSER_CLOSE is not the site's policy
+        # (docs/mixed.rst): the cookie kind stays as the site made it.
 
 
 # ---------------------------------------------------------- the middleware
@@ -1070,9 +1133,41 @@ class _SetCookieMorsel(Morsel[str]):
     def OutputString(self, attrs: Container[str] | None = None) -> str:
         return self._header
 
+    # Morsel's pickling and copy() keep only the name and value; the header
+    # text is the cookie, so a copy (a response pickled by Django's cache
+    # middleware, a deep-copied response) is made again from it.
+    def __reduce__(self) -> tuple[type[_SetCookieMorsel], tuple[str]]:
+        return (_SetCookieMorsel, (self._header,))
+
+    def copy(self) -> _SetCookieMorsel:
+        return _SetCookieMorsel(self._header)
+
 
 #: The cookie attributes a ``Morsel`` knows (``Partitioned`` only from Python 3.14).
 _MORSEL_ATTRIBUTES = frozenset(Morsel._reserved)  # type: ignore[attr-defined]
+
+
+class _LateChangeCheck:
+    """A response closer reporting changes made to the session after it was
+    committed (by a streaming body, or by a middleware above ours).
+
+    A pickled or copied response (Django's cache middleware pickles the ones
+    it caches) gets a closer that does nothing: the copy is not the response
+    of the request, and the session (with its store's locks and connections)
+    must not be pickled with it.
+    """
+
+    __slots__ = ("_session",)
+
+    def __init__(self, session: Session | None = None) -> None:
+        self._session = session
+
+    def __call__(self) -> None:
+        if self._session is not None:
+            self._session._after_response()
+
+    def __reduce__(self) -> tuple[type[_LateChangeCheck], tuple[()]]:
+        return (_LateChangeCheck, ())
 
 
 def _finish_response(response: Any, options: Options, set_cookie: str | None, vary: bool) -> None:
@@ -1111,10 +1206,11 @@ class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]
         session = getattr(request, "session", None)
         if not isinstance(session, KVSession):
             return response
-        session._prepare_commit()
         core = session.raw
         environ = request.META
-        if environ.get(_OWN_SESSION_KEY) is not core:
+        own = environ.get(_OWN_SESSION_KEY) is core
+        session._prepare_commit(own=own)
+        if not own:
             return response  # the WSGI middleware commits when the response starts
         del environ[_OWN_SESSION_KEY]  # commit once
         set_cookie, vary = core._commit(response.status_code)
@@ -1122,5 +1218,5 @@ class SessionMiddleware(DjangoSessionMiddleware):  # type: ignore[misc]
         closers = getattr(response, "_resource_closers", None)
         if isinstance(closers, list):
             # A streaming body may still change the session: say so (logged).
-            closers.append(core._after_response)
+            closers.append(_LateChangeCheck(core))
         return response

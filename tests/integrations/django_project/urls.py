@@ -11,15 +11,17 @@ call what they say, ``/key`` returns ``session_key``, ``/save-key`` saves a new
 session to learn its key, ``/vanish`` deletes the session's record behind its
 back (another request logging out) and then changes it, ``/own-cookie`` sets
 a cookie under the session cookie's name, ``/boom`` changes the session and
-fails.
+fails, ``/stream`` streams a body that mutates the session in place while it
+is sent (too late to be saved).
 """
 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
 
 from django.contrib.auth import authenticate, login, logout
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import path
 from django.utils import timezone
 
@@ -145,6 +147,17 @@ def boom(request: HttpRequest) -> HttpResponse:
     raise Boom("boom")
 
 
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    request.session["cart"] = ["before"]
+
+    def body() -> Iterator[bytes]:
+        yield b"streamed"
+        # In place, so no setter sees it: only the response's closer can.
+        request.session["cart"].append("after the commit")
+
+    return StreamingHttpResponse(body())
+
+
 urlpatterns = [
     path("set", set_values),
     path("get", get_value),
@@ -164,4 +177,5 @@ urlpatterns = [
     path("vanish", vanish),
     path("own-cookie", own_cookie),
     path("boom", boom),
+    path("stream", stream),
 ]
