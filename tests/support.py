@@ -51,15 +51,15 @@ class CountingStore(Store):
         self._note("load", key)
         return self.inner.load(key)
 
-    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+    def insert(self, key: str, value: bytes, expires_at: float, **kw) -> bool:
         self._note("insert", key)
-        return self.inner.insert(key, value, expires_at)
+        return self.inner.insert(key, value, expires_at, **kw)
 
     def update(
-        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+        self, key: str, value: bytes, expires_at: float, version: Version | None = None, **kw
     ) -> bool:
         self._note("update", key)
-        return self.inner.update(key, value, expires_at, version)
+        return self.inner.update(key, value, expires_at, version, **kw)
 
     def delete(self, key: str, version: Version | None = None) -> bool:
         self._note("delete", key)

@@ -336,3 +336,13 @@ def test_regenerated_session_old_id_is_not_resurrected_by_a_request_in_flight(
     assert data["l0"] == []
     assert read(app, old_id) == {}
     assert [key for key, _ in store.iter_records()] == [new_key]
+
+
+def test_merge_backoff_grows_to_a_cap_with_jitter() -> None:
+    from wsgi_kvsession.session import MAX_MERGE_ATTEMPTS, MAX_MERGE_BACKOFF, merge_backoff
+
+    assert all(0 <= merge_backoff(0) <= 0.0005 for _ in range(100))
+    assert max(merge_backoff(4) for _ in range(200)) > 0.0005  # the window grew
+    assert all(merge_backoff(n) <= MAX_MERGE_BACKOFF for n in range(MAX_MERGE_ATTEMPTS))
+    # The worst case of a whole save stays bounded.
+    assert sum(min(MAX_MERGE_BACKOFF, 0.0005 * 2**n) for n in range(MAX_MERGE_ATTEMPTS)) < 2

@@ -54,7 +54,11 @@ WELL_FORMED = re.compile(r"[A-Za-z0-9_-]{22,128}")
 #: What rule 4 lets the store see.
 STORE_KEY = re.compile(r"session:[0-9a-f]{64}")
 #: What may appear in a FileStore directory.
-FILE_ENTRY = re.compile(r"session%3A[0-9a-f]{64}|\.locks|\.locks/\d\d")
+FILE_ENTRY = re.compile(
+    r"session%3A[0-9a-f]{64}|\.locks|\.locks/\d\d"
+    # The per-user index: a directory per hashed user ID, a marker per store key.
+    r"|\.users|\.users/[0-9a-f]{64}|\.users/[0-9a-f]{64}/session%3A[0-9a-f]{64}"
+)
 SECRET = "k" * 32
 MAGIC = b"KVS\x01"
 

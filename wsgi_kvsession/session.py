@@ -35,7 +35,15 @@ from .cookies import expired_cookie, request_cookie_values, session_cookie
 from .events import SessionEvent, emit
 from .ids import store_key
 from .serializers import SerializationError
-from .stores.base import Record, Store, StoreError, Version
+from .stores.base import (
+    Record,
+    Store,
+    StoreError,
+    Version,
+    insert_with_user,
+    update_with_user,
+    user_text,
+)
 
 if TYPE_CHECKING:
     from .options import Options
@@ -43,7 +51,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: How often a save that lost a compare-and-set race re-reads and merges.
-MAX_MERGE_ATTEMPTS = 20
+MAX_MERGE_ATTEMPTS = 32
+#: The longest pause between two merge attempts (seconds); see merge_backoff().
+MAX_MERGE_BACKOFF = 0.05
 #: How far in the future a record's creation time may lie (clocks of several
 #: servers disagree a little); anything later is a damaged record.
 MAX_CLOCK_SKEW = 300.0
@@ -51,6 +61,16 @@ MAX_CLOCK_SKEW = 300.0
 MAX_INSERT_ATTEMPTS = 5
 
 _MISSING = object()
+
+
+def merge_backoff(attempt: int) -> float:
+    """How long to pause before merge attempt ``attempt + 1``: full jitter over an
+    exponentially growing window (0.5 ms, 1 ms, 2 ms ... up to 50 ms), so that
+    many requests racing on one session (tens at once, as a burst of parallel
+    XHRs makes) spread out instead of colliding again in lockstep. The whole
+    worst case stays under two seconds."""
+    window = min(MAX_MERGE_BACKOFF, 0.0005 * 2**attempt)
+    return random.uniform(0, window)  # noqa: S311 - jitter, not a secret
 
 
 class _Outcome(enum.Enum):
@@ -520,9 +540,10 @@ class Session(MutableMapping[str, Any]):
             log.info("session not stored: its absolute timeout has passed")
             return None
         value = self._pack(data, now)
+        user = user_text(self._user_id)
         for _ in range(MAX_INSERT_ATTEMPTS):
             session_id = self._sid or self.options.ids.new_id()
-            if self.store.insert(self._key(session_id), value, expires_at):
+            if insert_with_user(self.store, self._key(session_id), value, expires_at, user):
                 self._sid = session_id
                 self._event(SessionEvent.CREATED, session_id)
                 return session_id
@@ -545,7 +566,9 @@ class Session(MutableMapping[str, Any]):
             if self.store.delete(key, version):
                 self._event(SessionEvent.EMPTIED, self._sid)
                 return _Outcome.DELETED
-        elif self.store.update(key, self._pack(data, now), expires_at, version):
+        elif update_with_user(
+            self.store, key, self._pack(data, now), expires_at, version, user_text(self._user_id)
+        ):
             return _Outcome.SAVED
         # Another request wrote (or deleted) the record since we read it. Decide
         # once which metadata this request changed: only those fields are ours.
@@ -573,12 +596,14 @@ class Session(MutableMapping[str, Any]):
                     return _Outcome.DELETED
             else:
                 data = self.options.serializer.dumps(merged)
-                if self.store.update(key, self._pack(data, now), expires_at, current.version):
+                value = self._pack(data, now)
+                user = user_text(self._user_id)
+                if update_with_user(self.store, key, value, expires_at, current.version, user):
                     self._data = merged
                     self._committed = data
                     return _Outcome.SAVED
             # Lost again: back off a little so the racers spread out.
-            time.sleep(random.uniform(0, 0.001 * (attempt + 1)))  # noqa: S311 - jitter
+            time.sleep(merge_backoff(attempt))
         raise StoreError(
             f"{self.store!r}: could not save the session after {MAX_MERGE_ATTEMPTS} "
             "concurrent changes"

@@ -896,3 +896,24 @@ def test_clear_then_save_keeps_the_creation_time(
     again.save()
     assert stored(backend, session.session_key).created == created  # absolute timeout kept
     assert dict(SessionStore(session.session_key).items()) == {"b": 2}
+
+
+def test_revoke_user_finds_django_sessions(site: DjangoSite, backend: Backend) -> None:
+    from wsgi_kvsession.admin import SessionManager
+
+    options = get_options()
+    manager = SessionManager(
+        backend.store.inner, key_prefix=options.key_prefix, serializer=options.serializer
+    )
+    session = SessionStore()
+    session["_auth_user_id"] = "42"
+    session.save()
+    session["x"] = 1
+    session.save()
+    other = SessionStore()
+    other["_auth_user_id"] = "43"
+    other.save()
+    assert [s.user_id for s in manager.sessions_of("42")] == ["42"]
+    assert manager.revoke_user("42") == 1
+    assert record_of(backend, session.session_key) is None
+    assert record_of(backend, other.session_key) is not None

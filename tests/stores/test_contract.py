@@ -18,7 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from wsgi_kvsession import envelope
+from wsgi_kvsession.admin import SessionManager
+from wsgi_kvsession.ids import store_key
 from wsgi_kvsession.stores import Record, Store
+from wsgi_kvsession.stores.base import insert_with_user, user_text
 
 from .registry import StoreSpec
 
@@ -84,9 +88,7 @@ def switch_often() -> Iterator[None]:
         sys.setswitchinterval(old)
 
 
-def list_records(
-    store: Store, keys: Callable[[str], bool], prefix: str = ""
-) -> dict[str, Record]:
+def list_records(store: Store, keys: Callable[[str], bool], prefix: str = "") -> dict[str, Record]:
     """``iter_records(prefix)`` restricted to this test's keys; skip if the store
     cannot list. Tests pass their own prefix, so that a store on a shared server
     does not read through everybody else's keys."""
@@ -552,3 +554,274 @@ def test_only_one_of_racing_inserts_wins(store: Store, new_key: Callable[[], str
         assert len(winners) == 1, f"race {race}: inserts that returned True: {winners}"
         assert all(results[i][race] is False for i in range(THREADS) if i not in winners)
         assert load_live(store, k).value == f"thread {winners[0]}".encode()
+
+
+# ------------------------------------------------------------- the user index
+#
+# The session layer passes the user a record belongs to (``user=``, the text of
+# ``Session.user_id``) to every insert and update. Every store accepts it; a
+# store with ``indexes_users`` lists a user's records with iter_user_records()
+# (exactly the live records whose latest write named that user), the others
+# say they cannot, and SessionManager then reads every record instead.
+
+
+def new_user() -> str:
+    """A user ID unique to this test (stores on a shared server share indexes)."""
+    return "user-" + secrets.token_hex(6)
+
+
+def user_records(store: Store, user: str, prefix: str) -> dict[str, Record]:
+    """``iter_user_records(user, prefix)`` as a dict; skip if the store keeps no index."""
+    if not store.indexes_users:
+        pytest.skip(f"{store!r} keeps no index by user (a session manager scans it)")
+    listed = list(store.iter_user_records(user, prefix))
+    keys = [k for k, _ in listed]
+    assert len(keys) == len(set(keys)), f"a key listed twice: {keys}"
+    return dict(listed)
+
+
+def test_every_store_accepts_the_user_of_a_write(store: Store, key: str) -> None:
+    user = new_user()
+    assert store.insert(key, b"one", later(), user=user) is True
+    assert store.insert(key, b"again", later(), user=user) is False
+    record = load_live(store, key)
+    assert store.update(key, b"two", later(), record.version, user=new_user()) is True
+    assert store.update(key, b"three", later(), user=None) is True
+    assert load_live(store, key).value == b"three"
+
+
+def test_a_store_without_an_index_says_so(store: Store, key_prefix: str) -> None:
+    if store.indexes_users:
+        assert list(store.iter_user_records(new_user(), key_prefix)) == []
+        return
+    with pytest.raises(NotImplementedError):
+        list(store.iter_user_records(new_user(), key_prefix))
+
+
+def test_the_index_lists_exactly_a_users_live_records(
+    store: Store, key_prefix: str, new_key: Callable[[], str]
+) -> None:
+    alice, bob = new_user(), new_user()
+    alices = {new_key(): secrets.token_bytes(8) for _ in range(3)}
+    bobs = {new_key(): b"bob"}
+    for k, value in alices.items():
+        assert store.insert(k, value, later(), user=alice) is True
+    for k, value in bobs.items():
+        assert store.insert(k, value, later(), user=bob) is True
+    assert store.insert(new_key(), b"anonymous", later()) is True
+
+    listed = user_records(store, alice, key_prefix)
+    assert set(listed) == set(alices)
+    for k, record in listed.items():
+        assert isinstance(record, Record)
+        current = load_live(store, k)
+        assert record.value == alices[k] == current.value
+        assert record.version == current.version
+        assert record.expires_at == pytest.approx(current.expires_at, abs=EXPIRY_TOLERANCE)
+    assert set(user_records(store, bob, key_prefix)) == set(bobs)
+    assert user_records(store, new_user(), key_prefix) == {}
+
+
+def test_the_index_follows_updates_and_a_change_of_user(
+    store: Store, key_prefix: str, key: str
+) -> None:
+    alice, bob = new_user(), new_user()
+    assert store.insert(key, b"v1", later(), user=alice) is True
+    version = load_live(store, key).version
+    assert store.update(key, b"v2", later(), version, user=alice) is True
+    listed = user_records(store, alice, key_prefix)
+    assert list(listed) == [key]
+    assert listed[key].value == b"v2"
+
+    assert store.update(key, b"v3", later(), user=bob) is True  # passed to bob
+    assert user_records(store, alice, key_prefix) == {}
+    assert list(user_records(store, bob, key_prefix)) == [key]
+
+    assert store.update(key, b"v4", later(), user=None) is True  # logged out
+    assert user_records(store, alice, key_prefix) == {}
+    assert user_records(store, bob, key_prefix) == {}
+
+    assert store.update(key, b"v5", later(), user=alice) is True  # back to alice
+    assert user_records(store, alice, key_prefix)[key].value == b"v5"
+    assert user_records(store, bob, key_prefix) == {}
+
+
+def test_writes_that_fail_do_not_change_the_index(
+    store: Store, key_prefix: str, key: str, new_key: Callable[[], str]
+) -> None:
+    alice, mallory = new_user(), new_user()
+    assert store.insert(key, b"alice's", later(), user=alice) is True
+    stale = load_live(store, key).version
+    assert store.update(key, b"newer", later(), stale, user=alice) is True
+    # Refused writes naming another user: the record stays alice's alone.
+    assert store.insert(key, b"taken", later(), user=mallory) is False
+    if store.supports_versioning:
+        assert store.update(key, b"stale", later(), stale, user=mallory) is False
+    assert store.update(new_key(), b"absent", later(), user=mallory) is False
+    assert user_records(store, mallory, key_prefix) == {}
+    assert user_records(store, alice, key_prefix)[key].value == b"newer"
+
+
+def test_deleted_records_leave_the_index(
+    store: Store, key_prefix: str, new_key: Callable[[], str]
+) -> None:
+    alice, bob = new_user(), new_user()
+    keep, gone, stale = new_key(), new_key(), new_key()
+    for k in (keep, gone, stale):
+        assert store.insert(k, b"v", later(), user=alice) is True
+    old = load_live(store, stale).version
+    assert store.update(stale, b"w", later(), old, user=alice) is True
+    if store.supports_versioning:
+        assert store.delete(stale, old) is False  # a refused delete keeps it indexed
+    assert store.delete(gone) is True
+    assert set(user_records(store, alice, key_prefix)) == {keep, stale}
+    # The key taken again, by another user: indexed under that user only.
+    assert store.insert(gone, b"bob's", later(), user=bob) is True
+    assert set(user_records(store, alice, key_prefix)) == {keep, stale}
+    assert list(user_records(store, bob, key_prefix)) == [gone]
+
+
+def test_expired_records_leave_the_index_before_and_after_cleanup(
+    store: Store, key_prefix: str, new_key: Callable[[], str]
+) -> None:
+    alice = new_user()
+    short, live = new_key(), new_key()
+    store.load(short)  # connect / create the schema before the clock starts
+    expires_at = time.time() + SHORT
+    assert store.insert(short, b"short", expires_at, user=alice) is True
+    assert store.insert(live, b"live", later(), user=alice) is True
+    assert set(user_records(store, alice, key_prefix)) == {short, live}
+    wait_until_expired(expires_at)
+    assert list(user_records(store, alice, key_prefix)) == [live]
+    store.cleanup()
+    assert list(user_records(store, alice, key_prefix)) == [live]
+    # The expired key, written again by another user, is that user's alone.
+    bob = new_user()
+    assert store.insert(short, b"bob's", later(), user=bob) is True
+    assert list(user_records(store, bob, key_prefix)) == [short]
+    assert list(user_records(store, alice, key_prefix)) == [live]
+
+
+def test_touch_keeps_the_user(store: Store, key_prefix: str, key: str) -> None:
+    alice = new_user()
+    assert store.insert(key, b"v", later(), user=alice) is True
+    far = later(10 * TTL)
+    assert store.touch(key, far) is True
+    listed = user_records(store, alice, key_prefix)
+    assert list(listed) == [key]
+    assert listed[key].expires_at == pytest.approx(far, abs=EXPIRY_TOLERANCE)
+    assert store.touch(key, time.time() - 10) is True  # ends it
+    assert user_records(store, alice, key_prefix) == {}
+
+
+def test_a_touched_record_stays_indexed_past_its_first_expiry(
+    store: Store, key_prefix: str, key: str
+) -> None:
+    """An index that keeps its own expiry per record (Redis) must follow a
+    touch, or the record would drop out of its user's index while still live."""
+    alice = new_user()
+    store.load(key)  # connect / create the schema before the clock starts
+    first = time.time() + SHORT
+    assert store.insert(key, b"v", first, user=alice) is True
+    assert store.touch(key, later()) is True
+    wait_until_expired(first)
+    assert list(user_records(store, alice, key_prefix)) == [key]
+
+
+def test_the_index_lists_only_keys_under_the_prefix(store: Store, key_prefix: str) -> None:
+    alice = new_user()
+    ours = key_prefix + "a:" + secrets.token_hex(8)
+    theirs = key_prefix + "b:" + secrets.token_hex(8)
+    for k in (ours, theirs):
+        assert store.insert(k, b"v", later(), user=alice) is True
+    assert list(user_records(store, alice, key_prefix + "a:")) == [ours]
+    assert set(user_records(store, alice, key_prefix)) == {ours, theirs}
+
+
+USER_FORMS = ["", " ", "42", "042", "Bob", "bob", "bob ", "\u00fcber", "a:b/c*?[x]{y}", "x" * 300]
+
+
+def test_users_are_told_apart_exactly(
+    store: Store, key_prefix: str, new_key: Callable[[], str]
+) -> None:
+    """No case folding, no trailing-space padding (MySQL collations), no
+    truncation of long IDs, no glob or hash-tag meaning of their characters."""
+    tag = secrets.token_hex(4)
+    keys = {tag + form: new_key() for form in USER_FORMS}
+    for user, k in keys.items():
+        assert store.insert(k, user.encode(), later(), user=user) is True
+    for user, k in keys.items():
+        assert list(user_records(store, user, key_prefix)) == [k], repr(user)
+
+
+def test_parallel_writers_of_one_user_all_stay_indexed(
+    store: Store, key_prefix: str, new_key: Callable[[], str]
+) -> None:
+    """Threads creating and deleting records of the same user at once (a file
+    store removes an emptied user directory while others add to it)."""
+    if not store.indexes_users:
+        pytest.skip(f"{store!r} keeps no index by user")
+    alice = new_user()
+    store.load(new_key())  # connect / create the schema first
+    start = threading.Barrier(THREADS)
+    rounds = 15
+
+    def churn() -> str:
+        start.wait(timeout=30)
+        for _ in range(rounds):
+            k = new_key()
+            assert store.insert(k, b"churn", later(), user=alice) is True
+            assert store.delete(k) is True
+        final = new_key()
+        assert store.insert(final, b"final", later(), user=alice) is True
+        return final
+
+    with switch_often(), ThreadPoolExecutor(THREADS) as pool:
+        finals = {f.result(timeout=120) for f in [pool.submit(churn) for _ in range(THREADS)]}
+
+    assert set(user_records(store, alice, key_prefix)) == finals
+
+
+def test_session_manager_revokes_one_users_sessions_only(store: Store, key_prefix: str) -> None:
+    """Through SessionManager on every backend: the index where the store keeps
+    one, a scan of every record where not, and a clear refusal (memcached)
+    where the store cannot list at all."""
+    manager = SessionManager(store, key_prefix=key_prefix)
+    alice, bob = new_user(), new_user()
+    number = secrets.randbelow(10**9)
+
+    def put(user: str | int | None) -> str:
+        session_id = secrets.token_urlsafe(32)
+        now = time.time()
+        value = envelope.pack(envelope.Envelope(now, now, False, user, "json", b'{"k":"v"}'))
+        key = store_key(key_prefix, session_id)
+        assert insert_with_user(store, key, value, later(), user_text(user)) is True
+        return session_id
+
+    alices = [put(alice), put(alice)]
+    others = [put(bob), put(None), put(number)]
+    try:
+        store.iter_records(key_prefix)
+        listable = True
+    except NotImplementedError:
+        listable = False
+    if not listable:
+        with pytest.raises(NotImplementedError, match="list"):
+            manager.revoke_user(alice)
+        with pytest.raises(NotImplementedError, match="list"):
+            manager.sessions_of(alice)
+        assert all(manager.get(s) is not None for s in alices + others)
+        return
+
+    assert sorted(s.key_hash for s in manager.sessions_of(alice)) == sorted(
+        manager.key_hash(s) for s in alices
+    )
+    assert [s.user_id for s in manager.sessions_of(str(number))] == [number]
+    assert manager.revoke_user(alice) == 2
+    assert all(manager.get(s) is None for s in alices)
+    assert all(store.load(store_key(key_prefix, s)) is None for s in alices)
+    assert all(manager.get(s) is not None for s in others)
+    assert manager.sessions_of(alice) == []
+    assert manager.revoke_user(alice) == 0
+    assert manager.revoke_user(number) == 1  # an int ID, as its text
+    assert [s.user_id for s in manager.sessions_of(bob)] == [bob]

@@ -67,7 +67,6 @@ import datetime
 import functools
 import logging
 import math
-import random
 import threading
 import time
 from collections.abc import Container, Mapping
@@ -94,9 +93,23 @@ from ..ids import store_key
 from ..middleware import ENVIRON_KEY
 from ..options import DEFAULT_ABSOLUTE_TIMEOUT, Options, SessionOptions
 from ..serializers import SerializationError
-from ..session import MAX_CLOCK_SKEW, MAX_INSERT_ATTEMPTS, MAX_MERGE_ATTEMPTS, Session
+from ..session import (
+    MAX_CLOCK_SKEW,
+    MAX_INSERT_ATTEMPTS,
+    MAX_MERGE_ATTEMPTS,
+    Session,
+    merge_backoff,
+)
 from ..stores import store_from_url
-from ..stores.base import Record, Store, StoreError, Version
+from ..stores.base import (
+    Record,
+    Store,
+    StoreError,
+    Version,
+    insert_with_user,
+    update_with_user,
+    user_text,
+)
 from .base import SessionProxy
 
 if TYPE_CHECKING:
@@ -659,7 +672,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
                 return
             version = current.version
         value = self._kv_pack(created, now, permanent, user_id, encoded)
-        if self._kv_store.update(key, value, deadline, version):
+        if update_with_user(self._kv_store, key, value, deadline, version, user_text(user_id)):
             self._kv_written(data, value, encoded, permanent, user_id, deadline)
             return
         self._kv_merge(key, data, permanent, user_id, deadline, now)
@@ -703,7 +716,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         value = self._kv_pack(created, now, permanent, user_id, encoded)
         for _ in range(MAX_INSERT_ATTEMPTS):
             key = self._kv_key(cast(str, self._kv_id(self.session_key)))
-            if self._kv_store.insert(key, value, deadline):
+            if insert_with_user(self._kv_store, key, value, deadline, user_text(user_id)):
                 self._kv_pending = False
                 self._kv_written(data, value, encoded, permanent, user_id, deadline)
                 options = self._kv_options
@@ -794,12 +807,13 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             merged_user = user_id if own_user else theirs.user_id
             encoded = options.serializer.dumps(merged)
             value = self._kv_pack(theirs.created, now, merged_permanent, merged_user, encoded)
-            if self._kv_store.update(key, value, deadline, current.version):
+            user = user_text(merged_user)
+            if update_with_user(self._kv_store, key, value, deadline, current.version, user):
                 self._session_cache = merged
                 self._kv_created = theirs.created
                 self._kv_written(merged, value, encoded, merged_permanent, merged_user, deadline)
                 return
-            time.sleep(random.uniform(0, 0.001 * (attempt + 1)))  # noqa: S311 - jitter
+            time.sleep(merge_backoff(attempt))
         raise StoreError(
             f"{self._kv_store!r}: could not save the session after {MAX_MERGE_ATTEMPTS} "
             "concurrent changes"

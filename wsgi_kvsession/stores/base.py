@@ -16,14 +16,23 @@ concurrency (DESIGN.md rules 10 and 11):
   still in flight cannot bring back a session that another request destroyed.
 * :meth:`Store.touch` moves the expiry without rewriting the data, so sliding the
   idle timeout cannot roll back another request's change.
+
+Sessions tied to a user (``Session.user_id``) are found again through a
+per-user index: the session layer passes the user's ID as text (``user=``) to
+every insert and update, and a store that keeps an index
+(:attr:`Store.indexes_users`) lists them with :meth:`Store.iter_user_records`
+without scanning everything. The store still never decodes a value: the user
+is handed to it beside the bytes.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 #: An opaque token that changes every time a record's value is written. Stores
 #: choose its type (a counter, a hash of the value, a CAS token).
@@ -98,25 +107,56 @@ class Store(abc.ABC):
     #: deleted between an update's check and its write can come back.
     supports_versioning: bool = True
 
+    #: Whether the store keeps an index of records by user, so that
+    #: :meth:`iter_user_records` finds a user's records without a scan. Stores
+    #: that do not keep one accept ``user=`` on writes and ignore it; a session
+    #: manager then finds a user's sessions by listing every record. A subclass
+    #: that overrides ``insert`` or ``update`` without taking ``user`` cannot
+    #: keep the index current, so this is switched off for it automatically.
+    indexes_users: bool = False
+
+    #: Whether ``insert`` / ``update`` take the ``user`` keyword (set for each
+    #: subclass by ``__init_subclass__``; stores written before the per-user
+    #: index do not, and are called without it).
+    _insert_takes_user: bool = True
+    _update_takes_user: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._insert_takes_user = _takes_user(cls.insert)
+        cls._update_takes_user = _takes_user(cls.update)
+        if cls.indexes_users and not (cls._insert_takes_user and cls._update_takes_user):
+            cls.indexes_users = False
+
     @abc.abstractmethod
     def load(self, key: str) -> Record | None:
         """Return the live record under ``key``, or ``None``."""
 
     @abc.abstractmethod
-    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+    def insert(self, key: str, value: bytes, expires_at: float, *, user: str | None = None) -> bool:
         """Create a record if ``key`` holds no live record.
 
         Returns ``False``, changing nothing, when a live record exists.
+        ``user`` is the text of the ID of the user the record belongs to (None:
+        nobody); a store with :attr:`indexes_users` indexes the record under it.
         """
 
     @abc.abstractmethod
     def update(
-        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+        self,
+        key: str,
+        value: bytes,
+        expires_at: float,
+        version: Version | None = None,
+        *,
+        user: str | None = None,
     ) -> bool:
         """Replace a live record's value and expiry.
 
         Returns ``False``, changing nothing, when there is no live record, or
         when ``version`` is given and the record's version differs from it.
+        ``user`` is the user the record belongs to after the write (None:
+        nobody), as for :meth:`insert`; a :meth:`touch` keeps the user.
         """
 
     @abc.abstractmethod
@@ -145,6 +185,17 @@ class Store(abc.ABC):
         """
         raise NotImplementedError(f"{self!r} cannot list its records")
 
+    def iter_user_records(self, user: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        """Yield ``(key, record)`` for every live record whose key starts with
+        ``prefix`` and whose latest insert or update passed ``user=user``.
+
+        Only stores with :attr:`indexes_users` implement it, from their index
+        and without reading every record. Others raise ``NotImplementedError``:
+        :class:`~wsgi_kvsession.admin.SessionManager` then lists every record
+        with :meth:`iter_records` and reads the user from each (a scan).
+        """
+        raise NotImplementedError(f"{self!r} keeps no index of its records by user")
+
     def cleanup(self) -> int:
         """Remove expired records and return how many were removed.
 
@@ -154,3 +205,47 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections or file handles; the store may be used again."""
+
+
+def _takes_user(method: Callable[..., Any]) -> bool:
+    """Whether ``method`` accepts a ``user`` keyword argument."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):  # pragma: no cover - a C function or odd callable
+        return False
+    return any(
+        (p.name == "user" and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD
+        for p in parameters
+    )
+
+
+def user_text(user_id: str | int | None) -> str | None:
+    """The text under which a store indexes the user ``user_id`` (None: no user).
+
+    An ``int`` ID and its decimal ``str`` are the same user to the index, so
+    that ``revoke_user("42")`` also ends the sessions tied to ``42``.
+    """
+    return None if user_id is None else str(user_id)
+
+
+def insert_with_user(
+    store: Store, key: str, value: bytes, expires_at: float, user: str | None
+) -> bool:
+    """``store.insert(...)``, passing ``user`` when the store's ``insert`` takes it."""
+    if getattr(store, "_insert_takes_user", False):
+        return store.insert(key, value, expires_at, user=user)
+    return store.insert(key, value, expires_at)
+
+
+def update_with_user(
+    store: Store,
+    key: str,
+    value: bytes,
+    expires_at: float,
+    version: Version | None,
+    user: str | None,
+) -> bool:
+    """``store.update(...)``, passing ``user`` when the store's ``update`` takes it."""
+    if getattr(store, "_update_takes_user", False):
+        return store.update(key, value, expires_at, version, user=user)
+    return store.update(key, value, expires_at, version)

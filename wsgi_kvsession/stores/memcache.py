@@ -295,6 +295,11 @@ class MemcacheStore(Store):
     the ``HashClient`` it builds has none: each operation on a key of a node
     that is down raises :class:`StoreError`, keys of the other nodes keep
     working, and the node is used again as soon as it answers.
+
+    memcached cannot list its keys, so this store has no index by user:
+    ``user=`` is accepted on writes and not kept, and listing, counting or
+    finding a user's sessions (``SessionManager.iter_sessions``, ``count``,
+    ``sessions_of``, ``revoke_user``) raises ``NotImplementedError`` saying so.
     """
 
     supports_versioning = True
@@ -543,7 +548,7 @@ class MemcacheStore(Store):
         self._remember(mkey, _Seen(cas, item.expires_at, item.token, item.value))
         return Record(item.value, item.expires_at, item.token)
 
-    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+    def insert(self, key: str, value: bytes, expires_at: float, *, user: str | None = None) -> bool:
         self._check_fork()
         mkey = self._key(key)
         self._forget(mkey)
@@ -568,7 +573,13 @@ class MemcacheStore(Store):
         raise self._too_busy("insert")
 
     def update(
-        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+        self,
+        key: str,
+        value: bytes,
+        expires_at: float,
+        version: Version | None = None,
+        *,
+        user: str | None = None,
     ) -> bool:
         self._check_fork()
         mkey = self._key(key)
@@ -676,6 +687,9 @@ class MemcacheStore(Store):
             f"{self!r}: memcached has no command that lists keys, so its sessions "
             "cannot be listed, counted or searched by user"
         )
+
+    def iter_user_records(self, user: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        return self.iter_records(prefix)  # raises NotImplementedError, saying why
 
     def cleanup(self) -> int:
         """memcached expires items by itself: nothing to do."""

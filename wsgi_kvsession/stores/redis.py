@@ -1,11 +1,13 @@
 """Redis (and Valkey): standalone, Cluster and Sentinel, over redis-py.
 
-Each record is one Redis string: a 17-byte header (a format byte, an 8-byte
-version token, the expiry as a double) followed by the value. Keeping the
-version and expiry inside the value is what lets every read be a single
-``GET``, on Redis 6.2+ or Valkey, on a Cluster as on one server: the
+Each record is one Redis string: a header (a format byte, an 8-byte version
+token, the expiry as a double, then the record's user: a zero byte for none,
+or a one byte, a 4-byte length and the user's ID) followed by the value.
+Keeping the version and expiry inside the value is what lets every read be a
+single ``GET``, on Redis 6.2+ or Valkey, on a Cluster as on one server: the
 header answers "which version did I read" and "until when is it valid" without
-a second command. Redis's own TTL is set on every write too, so Redis reaps
+a second command. Records of the first format (format byte 1: no user field)
+are still read, as records of no user. Redis's own TTL is set on every write too, so Redis reaps
 expired sessions by itself and :meth:`RedisStore.cleanup` has nothing to do.
 
 Writes are one round trip each:
@@ -17,6 +19,20 @@ Writes are one round trip each:
   in place (``SETRANGE``) without touching the value or version, and never
   create a key that has gone.
 
+The per-user index is one sorted set per user (``user_index_prefix`` and the
+SHA-256 of the user's ID), of the user's session keys, each scored with its
+record's expiry; the set's own TTL follows its latest member. On a Cluster the
+set and a user's sessions live in different slots, so no script touches both:
+every script works on one key, and the index is kept by ordering instead. A
+writer adds the key to the set (raising its score, never lowering it) *before*
+it writes a record of that user, and a touch adds it before it moves the
+expiry of a record it has found to be that user's; members leave the set only
+when their score has passed, or when their record is deleted. So the set
+holds every live record of its user at every moment (a crash between the two
+steps leaves a member too many, which listing skips: each record's header
+names its user), and a member whose record passed to another user stays
+until its score passes.
+
 The TTL sent to Redis is relative (``PX``), computed from this machine's clock:
 Redis then counts it on its own clock, so a clock difference between the
 application servers and Redis does not shorten or lengthen sessions. The
@@ -25,11 +41,13 @@ header's expiry is checked on every read as well, to the millisecond.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import struct
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, TypeGuard
 from urllib.parse import unquote, urlsplit
@@ -51,9 +69,18 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = ["RedisStore"]
 
-#: Format byte, version token, expiry (Unix time, seconds).
+#: Format byte, version token, expiry (Unix time, seconds); then, in format 2,
+#: the user: b"\x00", or b"\x01", its length (uint32) and its UTF-8 bytes.
 _HEADER = struct.Struct(">c8sd")
-_FORMAT = b"\x01"
+_FORMAT = b"\x02"
+_FORMAT_V1 = b"\x01"
+_USER_LENGTH = struct.Struct(">I")
+_NO_USER = b"\x00"
+_HAS_USER = b"\x01"
+#: How often a touch re-reads the record's user when it keeps changing.
+_TOUCH_ATTEMPTS = 5
+#: How many keys' users a store remembers for its touches (see RedisStore._owners).
+_OWNER_HINTS = 4096
 _TOKEN_SIZE = 8
 #: Offset of the expiry in the header, for the touch script's SETRANGE.
 _EXPIRY_OFFSET = 1 + _TOKEN_SIZE
@@ -69,14 +96,27 @@ _REDIS_ERRORS = (RedisError, RedisClusterException)
 # of another type (another application's hash) reads as absent, not an error.
 _LIVE_HEADER = f"""
 local function live_header(now)
-  local head = redis.pcall('GETRANGE', KEYS[1], 0, {_HEADER.size - 1})
-  if type(head) ~= 'string' or #head < {_HEADER.size}
-      or string.byte(head, 1) ~= {_FORMAT[0]} then
-    return nil
-  end
-  local expires_at = struct.unpack('>d', string.sub(head, {_EXPIRY_OFFSET + 1}))
+  -- The header and the byte after it (format 2: whether a user follows).
+  local head = redis.pcall('GETRANGE', KEYS[1], 0, {_HEADER.size})
+  if type(head) ~= 'string' or #head < {_HEADER.size} then return nil end
+  local format = string.byte(head, 1)
+  if format ~= {_FORMAT[0]} and format ~= {_FORMAT_V1[0]} then return nil end
+  local expires_at = struct.unpack('>d', string.sub(head, {_EXPIRY_OFFSET + 1}, {_HEADER.size}))
   if not (expires_at > now) then return nil end
   return head
+end
+-- The owner of a live record: '-' for none, '+' and the user's ID otherwise.
+local function owner(head)
+  if string.byte(head, 1) ~= {_FORMAT[0]}
+      or string.byte(head, {_HEADER.size + 1}) ~= {_HAS_USER[0]} then
+    return '-'
+  end
+  local field = redis.call('GETRANGE', KEYS[1], {_HEADER.size + 1}, {_HEADER.size + 4})
+  if #field < 4 then return '-' end
+  local length = struct.unpack('>I4', field)
+  if length == 0 then return '+' end
+  return '+' .. redis.call(
+    'GETRANGE', KEYS[1], {_HEADER.size + 5}, {_HEADER.size + 4} + length)
 end
 """
 
@@ -95,18 +135,39 @@ return 1
 """
 
 # KEYS[1] the key; ARGV[1] now; ARGV[2] the expected token ('' for any).
+# Returns 0, or the owner of the deleted record (see owner()).
 _DELETE = _LIVE_HEADER + """
 local head = live_header(tonumber(ARGV[1]))
 if not head then return 0 end
 if ARGV[2] ~= '' and string.sub(head, 2, 9) ~= ARGV[2] then return 0 end
+local who = owner(head)
 redis.call('DEL', KEYS[1])
+return who
+"""
+
+# The per-user index, a sorted set of session keys scored with their expiry.
+# KEYS[1] the set; ARGV[1] now; ARGV[2] the session key; ARGV[3] its expiry.
+# The score only ever rises (GT), members past their score go, and the set
+# lives as long as its latest member (and a second more).
+_INDEX = """
+redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[1],
+  math.ceil((tonumber(last[2]) - tonumber(ARGV[1])) * 1000) + 1000)
 return 1
 """
 
 # KEYS[1] the key; ARGV[1] now; ARGV[2] the packed new expiry; ARGV[3] the TTL
-# in milliseconds (<= 0: the record ends now).
+# in milliseconds (<= 0: the record ends now); ARGV[4] the owner the caller has
+# indexed the key under ('-' for none). A record of another owner is left
+# alone and its owner returned, so that the caller indexes it first.
 _TOUCH = _LIVE_HEADER + f"""
-if not live_header(tonumber(ARGV[1])) then return 0 end
+local head = live_header(tonumber(ARGV[1]))
+if not head then return 0 end
+local who = owner(head)
+if who ~= '-' and who ~= ARGV[4] then return who end
 if tonumber(ARGV[3]) > 0 then
   redis.call('SETRANGE', KEYS[1], {_EXPIRY_OFFSET}, ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -185,21 +246,45 @@ class RedisStore(Store):
     retried, so a Redis that hangs fails within ``timeout`` with a
     :class:`StoreError` (within two timeouts on a Cluster, whose client retries
     a timeout once, and when the primary is looked up through a hung Sentinel).
+
+    Records written with ``user=`` are indexed in one sorted set per user,
+    named ``user_index_prefix`` plus the SHA-256 (hex) of the user's ID (see
+    the module docstring); writing or touching a session of a user costs one
+    round trip more than an anonymous one.
     """
 
+    indexes_users = True
+
     def __init__(
-        self, url: str | None = None, *, client: Any = None, timeout: float = 5.0
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        timeout: float = 5.0,
+        user_index_prefix: str = "kvsession:user:",
     ) -> None:
         if (url is None) == (client is None):
             raise ValueError("RedisStore: give a URL or client=, exactly one of them")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise ValueError(f"RedisStore: timeout must be a positive number of seconds, "
                              f"not {timeout!r}")
+        if not isinstance(user_index_prefix, str):
+            raise ValueError(
+                f"RedisStore: user_index_prefix must be a str, not {user_index_prefix!r}"
+            )
         self.timeout = float(timeout)
         self.url = url
+        #: Prefix of the per-user index sets (one sorted set per user).
+        self.user_index_prefix = user_index_prefix
         self._owns_client = client is None
         self._sentinel: Sentinel | None = None
         self._lock = threading.Lock()
+        #: The user of records this process read or wrote lately (key -> user),
+        #: so that a touch, which follows a load of the same key, can index
+        #: the record before moving its expiry without first asking whose it
+        #: is. Only a hint: the touch script checks it against the record.
+        self._owners: OrderedDict[str, str | None] = OrderedDict()
+        self._owners_lock = threading.Lock()
         self._connected: _Client | None = None
         #: Builds the client. A RedisCluster connects as it is created (to learn
         #: the slot layout), and constructing a store must not need the server,
@@ -330,15 +415,39 @@ class RedisStore(Store):
             raise self._fail("load", exc) from exc
         except _REDIS_ERRORS as exc:
             raise self._fail("load", exc) from exc
-        return _record(raw, time.time())
+        parsed = _parse(raw, time.time())
+        if parsed is None:
+            return None
+        self._remember(key, parsed[1])
+        return parsed[0]
 
-    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+    def _remember(self, key: str, user: str | None) -> None:
+        with self._owners_lock:
+            self._owners[key] = user
+            self._owners.move_to_end(key)
+            if len(self._owners) > _OWNER_HINTS:
+                self._owners.popitem(last=False)
+
+    def _index_key(self, user: str) -> str:
+        return self.user_index_prefix + hashlib.sha256(_user_bytes(user)).hexdigest()
+
+    def _index(self, user: str, key: str, expires_at: float) -> None:
+        """Add ``key`` to ``user``'s index, scored no lower than ``expires_at``:
+        called before the record is written or its expiry moved."""
+        self._client.index(
+            keys=[self._index_key(user)], args=[repr(time.time()), key, repr(expires_at)]
+        )
+
+    def insert(self, key: str, value: bytes, expires_at: float, *, user: str | None = None) -> bool:
         ttl = _ttl_ms(expires_at, time.time())
         try:
             if ttl <= 0:
                 # Nothing to store: report only whether a live record was in the way.
                 return self.load(key) is None
-            record = _pack(_new_token(), expires_at, value)
+            if user is not None:
+                self._index(user, key, expires_at)
+            self._remember(key, user)
+            record = _pack(_new_token(), expires_at, user, value)
             if self._client.redis.set(key, record, px=ttl, nx=True):
                 return True
             # Refused, or our own SET ran and the connection broke before the
@@ -352,13 +461,22 @@ class RedisStore(Store):
             raise self._fail("insert", exc) from exc
 
     def update(
-        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+        self,
+        key: str,
+        value: bytes,
+        expires_at: float,
+        version: Version | None = None,
+        *,
+        user: str | None = None,
     ) -> bool:
-        now = time.time()
         if version is not None and not _is_token(version):
             return False  # not a version this store handed out: it cannot match
-        args = [repr(now), version or b"", _pack(_new_token(), expires_at, value)]
         try:
+            if user is not None:
+                self._index(user, key, expires_at)
+            self._remember(key, user)
+            now = time.time()
+            args = [repr(now), version or b"", _pack(_new_token(), expires_at, user, value)]
             done = self._client.update(keys=[key], args=[*args, _ttl_ms(expires_at, now)])
         except _REDIS_ERRORS as exc:
             raise self._fail("update", exc) from exc
@@ -367,20 +485,39 @@ class RedisStore(Store):
     def delete(self, key: str, version: Version | None = None) -> bool:
         if version is not None and not _is_token(version):
             return False
+        with self._owners_lock:
+            self._owners.pop(key, None)
         try:
-            done = self._client.delete(keys=[key], args=[repr(time.time()), version or b""])
+            owner = self._client.delete(keys=[key], args=[repr(time.time()), version or b""])
+            if isinstance(owner, bytes) and owner.startswith(b"+"):
+                # Tidy only: a member whose record is gone is skipped anyway,
+                # and leaves the set when its score passes.
+                self._client.redis.zrem(self._index_key(_user_of(owner)), key)
         except _REDIS_ERRORS as exc:
             raise self._fail("delete", exc) from exc
-        return bool(done)
+        return bool(owner)
 
     def touch(self, key: str, expires_at: float) -> bool:
-        now = time.time()
-        args = [repr(now), struct.pack(">d", expires_at), _ttl_ms(expires_at, now)]
+        indexed = b"-"  # the owner the key is indexed under for this expiry
         try:
-            done = self._client.touch(keys=[key], args=args)
+            with self._owners_lock:
+                hint = self._owners.get(key)
+            if hint is not None:  # as read by the load before this touch
+                self._index(hint, key, expires_at)
+                indexed = b"+" + _user_bytes(hint)
+            for _ in range(_TOUCH_ATTEMPTS):
+                now = time.time()
+                args = [repr(now), struct.pack(">d", expires_at), _ttl_ms(expires_at, now)]
+                done = self._client.touch(keys=[key], args=[*args, indexed])
+                if not isinstance(done, bytes):
+                    return bool(done)
+                # A record of a user: index it under this expiry first (the
+                # set must never expire, nor drop the key, before the record).
+                indexed = done
+                self._index(_user_of(done), key, expires_at)
         except _REDIS_ERRORS as exc:
             raise self._fail("touch", exc) from exc
-        return bool(done)
+        raise StoreError(f"{self!r}: touch failed: the session's user kept changing")
 
     def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
         """Yield the live session records under ``prefix``, found with ``SCAN``.
@@ -398,13 +535,14 @@ class RedisStore(Store):
             ):
                 batch.append(name)
                 if len(batch) >= 500:
-                    yield from self._fetch(batch)
+                    yield from self._fetch(batch, _ANYONE)
                     batch = []
-            yield from self._fetch(batch)
+            yield from self._fetch(batch, _ANYONE)
         except _REDIS_ERRORS as exc:
             raise self._fail("listing records", exc) from exc
 
-    def _fetch(self, names: list[bytes]) -> Iterator[tuple[str, Record]]:
+    def _fetch(self, names: list[bytes], user: str | _Anyone) -> Iterator[tuple[str, Record]]:
+        """The live records under ``names``; with ``user``, only that user's."""
         if not names:
             return
         # A non-transactional pipeline: one round trip per node, any key slots.
@@ -412,10 +550,32 @@ class RedisStore(Store):
         for name in names:
             pipe.get(name)
         now = time.time()
-        for name, raw in zip(names, pipe.execute(), strict=True):
-            record = _record(raw, now)
-            if record is not None:
-                yield name.decode("utf-8", "surrogateescape"), record
+        for name, raw in zip(names, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(raw, ResponseError) and _wrong_type(raw):
+                continue  # another application's key of another type
+            if isinstance(raw, Exception):
+                raise raw
+            parsed = _parse(raw, now)
+            if parsed is not None and (user is _ANYONE or parsed[1] == user):
+                yield name.decode("utf-8", "surrogateescape"), parsed[0]
+
+    def iter_user_records(self, user: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        """Yield the live records of ``user`` under ``prefix``, from the user's
+        sorted set: one read of the set, then the records in one pipeline per
+        500 keys. Members whose record is gone or has passed to another user
+        are skipped."""
+        index = self._index_key(user)
+        try:
+            now = time.time()
+            members: list[bytes] = self._client.redis.zrange(
+                index, f"({now!r}", "+inf", byscore=True
+            )
+            start_with = prefix.encode("utf-8", "surrogateescape")
+            wanted = sorted(m for m in members if m.startswith(start_with))
+            for start in range(0, len(wanted), 500):
+                yield from self._fetch(wanted[start : start + 500], user)
+        except _REDIS_ERRORS as exc:
+            raise self._fail("listing a user's records", exc) from exc
 
     def close(self) -> None:
         """Close the connections of a client this store created (not one passed in).
@@ -449,6 +609,7 @@ class _Client:
         self.update = client.register_script(_UPDATE)
         self.delete = client.register_script(_DELETE)
         self.touch = client.register_script(_TOUCH)
+        self.index = client.register_script(_INDEX)
 
 
 def _wrong_type(exc: ResponseError) -> bool:
@@ -466,16 +627,53 @@ def _is_token(version: Version) -> TypeGuard[bytes]:
     return isinstance(version, bytes) and len(version) == _TOKEN_SIZE
 
 
-def _pack(token: bytes, expires_at: float, value: bytes) -> bytes:
-    return _HEADER.pack(_FORMAT, token, expires_at) + value
+class _Anyone:
+    """Marker: records of any user (or none)."""
 
 
-def _record(raw: bytes | None, now: float) -> Record | None:
-    """The record a stored string holds, or ``None`` (absent, expired, not ours)."""
-    if raw is None or len(raw) < _HEADER.size or raw[:1] != _FORMAT:
+_ANYONE = _Anyone()
+
+
+def _user_bytes(user: str) -> bytes:
+    return user.encode("utf-8", "surrogatepass")
+
+
+def _user_of(owner: bytes) -> str:
+    """The user's ID in an owner answer of a script (``+`` and the ID)."""
+    return owner[1:].decode("utf-8", "surrogatepass")
+
+
+def _pack(token: bytes, expires_at: float, user: str | None, value: bytes) -> bytes:
+    head = _HEADER.pack(_FORMAT, token, expires_at)
+    if user is None:
+        return head + _NO_USER + value
+    name = _user_bytes(user)
+    return head + _HAS_USER + _USER_LENGTH.pack(len(name)) + name + value
+
+
+def _parse(raw: bytes | None, now: float) -> tuple[Record, str | None] | None:
+    """The live record a stored string holds and its user, or ``None``
+    (absent, expired, not ours)."""
+    if raw is None or len(raw) < _HEADER.size:
         return None
-    _, token, expires_at = _HEADER.unpack_from(raw)
+    form, token, expires_at = _HEADER.unpack_from(raw)
     if not expires_at > now:  # also rejects a NaN expiry from foreign bytes
         return None
-    return Record(raw[_HEADER.size :], expires_at, token)
-
+    if form == _FORMAT_V1:
+        return Record(raw[_HEADER.size :], expires_at, token), None
+    if form != _FORMAT:
+        return None
+    kind = raw[_HEADER.size : _HEADER.size + 1]
+    if kind == _NO_USER:
+        return Record(raw[_HEADER.size + 1 :], expires_at, token), None
+    start = _HEADER.size + 1 + _USER_LENGTH.size
+    if kind != _HAS_USER or len(raw) < start:
+        return None
+    (length,) = _USER_LENGTH.unpack_from(raw, _HEADER.size + 1)
+    if len(raw) < start + length:
+        return None
+    try:
+        user = raw[start : start + length].decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        return None
+    return Record(raw[start + length :], expires_at, token), user

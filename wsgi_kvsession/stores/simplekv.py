@@ -195,6 +195,11 @@ class SimpleKVStore(Store):
     Thread-safe if the wrapped store is (simplekv's and minimalkv's stores are
     used from several threads by Flask-KVSession). Use one adapter object per
     store and process: the per-key locks live in the adapter.
+
+    A ``KeyValueStore`` has no secondary index, so this adapter keeps none
+    (:attr:`indexes_users` is False): ``user=`` is accepted on writes and not
+    kept, and ``SessionManager.sessions_of`` / ``revoke_user`` find a user's
+    sessions by listing every key and reading every record (a scan).
     """
 
     #: No atomic compare-and-set between processes (see the module docstring).
@@ -368,7 +373,7 @@ class SimpleKVStore(Store):
             return None
         return Record(stored.value, stored.expires_at, stored.version)
 
-    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+    def insert(self, key: str, value: bytes, expires_at: float, *, user: str | None = None) -> bool:
         name = self._name(key)
         with self._lock(name):
             current = self._read(name, key)
@@ -380,7 +385,13 @@ class SimpleKVStore(Store):
             return True
 
     def update(
-        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+        self,
+        key: str,
+        value: bytes,
+        expires_at: float,
+        version: Version | None = None,
+        *,
+        user: str | None = None,
     ) -> bool:
         name = self._name(key)
         with self._lock(name):

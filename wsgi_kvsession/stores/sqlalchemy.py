@@ -84,6 +84,7 @@ try:
         SQLAlchemyError,
         StatementError,
     )
+    from sqlalchemy.schema import CreateColumn
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "SQLAlchemyStore needs SQLAlchemy 2: pip install 'wsgi-kvsession[sql]'"
@@ -152,8 +153,21 @@ def define_table(
         rounds today's epoch to about two minutes;
     ``version``
         a random 62-bit integer, new on every write (the compare-and-set token);
+    ``user_id``
+        the user the session belongs to (``Session.user_id`` as text; NULL for
+        an anonymous session), indexed, so that a session manager finds a
+        user's sessions without reading the table. A user ID longer than 255
+        characters, or holding a NUL character, is kept as ``sha256:`` and
+        its hash. Binary collation on MySQL/MariaDB (``Bob`` is not ``bob``);
     ``created_at``, ``updated_at``
         UTC timestamps of the insert and the last write, for operators only.
+
+    A table created by an earlier version has no ``user_id`` column: a store
+    with ``auto_create=True`` adds it (and its index) on first use; with
+    migrations, add them in one (see :doc:`/admin`)::
+
+        op.add_column("kvsession", sa.Column("user_id", sa.String(255), nullable=True))
+        op.create_index("ix_kvsession_user_id", "kvsession", ["user_id"])
     """
     for option, value in (("table", name), ("schema", schema)):
         if value is not None and not _NAME.fullmatch(value):
@@ -165,6 +179,9 @@ def define_table(
         sa_mysql.CHAR(64, charset="ascii", collation="ascii_bin"), "mysql", "mariadb"
     )
     data = sa.LargeBinary().with_variant(sa_mysql.LONGBLOB(), "mysql", "mariadb")
+    user = sa.String(255).with_variant(
+        sa_mysql.VARCHAR(255, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
     return sa.Table(
         name,
         metadata,
@@ -175,7 +192,9 @@ def define_table(
         sa.Column("version", sa.BigInteger(), nullable=False, autoincrement=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("user_id", user, nullable=True),
         sa.Index(f"ix_{name}_expires_at", "expires_at"),
+        sa.Index(f"ix_{name}_user_id", "user_id"),
         schema=schema,
         # InnoDB for row locks and a transactional unique key; utf8mb4 so that
         # any key_prefix fits in store_key. (The mariadb dialect reads its own
@@ -189,6 +208,36 @@ def define_table(
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+#: The longest user ID kept as it is in the ``user_id`` column.
+_USER_LENGTH = 255
+
+
+def _user_column(user: str | None) -> str | None:
+    """The ``user_id`` column's value for ``user``: the ID itself, or its hash
+    when a column of every dialect could not hold it (too long, a NUL, which
+    PostgreSQL refuses, or text that is not valid UTF-8)."""
+    if user is None:
+        return None
+    try:
+        user.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        if len(user) <= _USER_LENGTH and "\x00" not in user:
+            return user
+    return "sha256:" + _hash(user)
+
+
+def _missing_user_column(exc: BaseException) -> bool:
+    """Whether a statement failed because the table has no ``user_id`` column
+    (a table created before it existed, with ``auto_create=False``)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return "user_id" in text and any(
+        phrase in text
+        for phrase in ("does not exist", "Unknown column", "no such column", "no column named")
+    )
 
 
 def _new_version() -> int:
@@ -350,6 +399,9 @@ def _skip_rollback_in_autocommit(dialect: sa.Dialect) -> None:
 class SQLAlchemyStore(Store):
     """Keeps records in one table, through SQLAlchemy Core.
 
+    The user a record belongs to (``user=``) is written to the indexed
+    ``user_id`` column by the same statement as the record.
+
     ``url_or_engine`` is a SQLAlchemy URL (``postgresql://user:pw@host/db``,
     ``mysql://…``, ``mariadb://…``, ``sqlite+pysqlite:////abs/path.db``; a URL
     naming no driver gets psycopg 3 or PyMySQL) or an existing ``Engine``.
@@ -373,6 +425,8 @@ class SQLAlchemyStore(Store):
     pass ``auto_create=False`` when migrations manage it, and call
     :meth:`create_table` yourself if you like.
     """
+
+    indexes_users = True
 
     def __init__(
         self,
@@ -518,6 +572,7 @@ class SQLAlchemyStore(Store):
             "expires_at": p("p_expires_at"),
             "version": p("p_new_version"),
             "updated_at": p("p_ts"),
+            "user_id": p("p_user"),
         }
         self._update_stmt = sa.update(t).where(live).values(write)
         self._update_cas_stmt = sa.update(t).where(live, c.version == p("p_version")).values(write)
@@ -530,6 +585,12 @@ class SQLAlchemyStore(Store):
             .order_by(c.id)
             .limit(_PAGE)
         )
+        self._user_page_stmt = (
+            sa.select(c.id, c.store_key, c.data, c.expires_at, c.version, c.user_id)
+            .where(c.user_id == p("p_user"), c.id > p("p_after"), c.expires_at > p("p_now"))
+            .order_by(c.id)
+            .limit(_PAGE)
+        )
         row: dict[str, Any] = {
             "id": p("p_id"),
             "store_key": p("p_key"),
@@ -538,6 +599,7 @@ class SQLAlchemyStore(Store):
             "version": p("p_new_version"),
             "created_at": p("p_ts"),
             "updated_at": p("p_ts"),
+            "user_id": p("p_user"),
         }
         self._insert_stmt: sa.Executable = sa.insert(t).values(row)
         self._upsert_stmt: sa.Executable | None = None
@@ -562,6 +624,7 @@ class SQLAlchemyStore(Store):
                         "version",
                         "created_at",
                         "updated_at",
+                        "user_id",
                     )
                 },
                 where=c.expires_at <= p("p_now"),
@@ -624,7 +687,60 @@ class SQLAlchemyStore(Store):
         with self._lock:
             if not self._table_ready:
                 self.create_table(checkfirst=True)
+                self._add_user_column()
                 self._table_ready = True
+
+    def _add_user_column(self) -> None:
+        """Give a table created before the per-user index its ``user_id``
+        column and index (``auto_create=True`` only; migrations do it otherwise).
+
+        Safe to run from several processes at once: losing the race to another
+        process is not an error.
+        """
+        column = self.table.c.user_id
+        (index,) = (i for i in self.table.indexes if column in i.columns.values())
+        try:
+            if not self._has_user_column():
+                with self.engine.connect() as conn:
+                    conn.info.pop(_FRESH, None)
+                    ddl = CreateColumn(column).compile(dialect=conn.dialect)
+                    table = conn.dialect.identifier_preparer.format_table(self.table)
+                    # DDL in the dialect's transactional mode, as create_table
+                    # does: on PostgreSQL the column and its index appear together.
+                    conn.execution_options(isolation_level=conn.default_isolation_level)
+                    try:
+                        with conn.begin():
+                            conn.execute(sa.text(f"ALTER TABLE {table} ADD {ddl}"))
+                            index.create(conn, checkfirst=True)
+                        return
+                    except (SQLAlchemyError, OSError):
+                        # Another process may have added it meanwhile: look again.
+                        if not self._has_user_column():
+                            raise
+            # The column is there; its index may not be (a table migrated by
+            # hand, or a MySQL ALTER whose index creation failed).
+            with self.engine.connect() as conn:
+                conn.execution_options(isolation_level=conn.default_isolation_level)
+                try:
+                    with conn.begin():
+                        index.create(conn, checkfirst=True)
+                except (SQLAlchemyError, OSError):
+                    if not self._has_user_index(index.name):
+                        raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise StoreError(
+                f"{self!r}: cannot add the user_id column to the table: {_describe(exc)}"
+            ) from exc
+
+    def _has_user_index(self, name: str | None) -> bool:
+        with self.engine.connect() as conn:
+            indexes = sa.inspect(conn).get_indexes(self.table.name, schema=self.table.schema)
+        return any(i["name"] == name for i in indexes)
+
+    def _has_user_column(self) -> bool:
+        with self.engine.connect() as conn:
+            columns = sa.inspect(conn).get_columns(self.table.name, schema=self.table.schema)
+        return any(c["name"] == "user_id" for c in columns)
 
     # ----------------------------------------------------------------- running
 
@@ -672,6 +788,15 @@ class SQLAlchemyStore(Store):
                     # after a timeout: that would only double the wait.
                     retried = True
                     continue
+                if _missing_user_column(exc):
+                    raise StoreError(
+                        f"{self!r}: {what} failed: the table {self.table.fullname!r} has no "
+                        "user_id column (added for the per-user session index); add it and "
+                        "its index in a migration: op.add_column(table, sa.Column('user_id', "
+                        "sa.String(255), nullable=True)); op.create_index("
+                        f"'ix_{self.table.name}_user_id', table, ['user_id']), or build "
+                        f"the store with auto_create=True ({_describe(exc)})"
+                    ) from exc
                 raise StoreError(f"{self!r}: {what} failed: {_describe(exc)}") from exc
             except (SQLAlchemyError, OSError) as exc:
                 # OSError: a driver's socket error that escaped its DBAPI wrapping.
@@ -717,7 +842,7 @@ class SQLAlchemyStore(Store):
 
         return self._run("load", work)
 
-    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+    def insert(self, key: str, value: bytes, expires_at: float, *, user: str | None = None) -> bool:
         params: dict[str, Any] = {
             "p_id": _hash(key),
             "p_key": key,
@@ -725,6 +850,7 @@ class SQLAlchemyStore(Store):
             "p_expires_at": float(expires_at),
             "p_new_version": _new_version(),
             "p_ts": _utcnow(),
+            "p_user": _user_column(user),
         }
         verify = self._holds(params["p_id"], params["p_new_version"])
         if self._upsert_stmt is not None:
@@ -759,7 +885,13 @@ class SQLAlchemyStore(Store):
             return False
 
     def update(
-        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+        self,
+        key: str,
+        value: bytes,
+        expires_at: float,
+        version: Version | None = None,
+        *,
+        user: str | None = None,
     ) -> bool:
         params: dict[str, Any] = {
             "p_id": _hash(key),
@@ -768,6 +900,7 @@ class SQLAlchemyStore(Store):
             "p_expires_at": float(expires_at),
             "p_new_version": _new_version(),
             "p_ts": _utcnow(),
+            "p_user": _user_column(user),
         }
         if version is None:
             stmt = self._update_stmt
@@ -830,6 +963,28 @@ class SQLAlchemyStore(Store):
                     row.store_key,
                     Record(bytes(row.data), float(row.expires_at), int(row.version)),
                 )
+            if len(rows) < _PAGE:
+                return
+            after = rows[-1].id
+
+    def iter_user_records(self, user: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        # Through the user_id index, paged by primary key like iter_records.
+        # Compared again here: MySQL's collations ignore trailing spaces.
+        column = _user_column(user)
+        after = ""
+        while True:
+            params = {"p_user": column, "p_after": after, "p_now": time.time()}
+
+            def page(conn: Connection, params: dict[str, Any] = params) -> list[Any]:
+                return list(conn.execute(self._user_page_stmt, params).all())
+
+            rows = self._run("iter_user_records", page)
+            for row in rows:
+                if row.user_id == column and row.store_key.startswith(prefix):
+                    yield (
+                        row.store_key,
+                        Record(bytes(row.data), float(row.expires_at), int(row.version)),
+                    )
             if len(rows) < _PAGE:
                 return
             after = rows[-1].id

@@ -31,7 +31,14 @@ class SQLiteStore(Store):
     ``UPDATE … WHERE version = ?`` judged by its row count. Several worker
     processes can share the file; each thread of each process opens its own
     connection, reopened after a ``fork()``.
+
+    The user a record belongs to (``user=``) is kept in a ``user_id`` column
+    with a partial index (only rows that have a user), written by the same
+    statement as the record. A table made by an earlier version gains the
+    column and the index on first use.
     """
+
+    indexes_users = True
 
     def __init__(
         self,
@@ -109,14 +116,36 @@ class SQLiteStore(Store):
                     " key TEXT PRIMARY KEY,"
                     " value BLOB NOT NULL,"
                     " expires_at REAL NOT NULL,"
-                    " version INTEGER NOT NULL"
+                    " version INTEGER NOT NULL,"
+                    " user_id TEXT"
                     ") WITHOUT ROWID"
                 )
+                self._add_user_column(conn)
                 index = f'"{self.table}_expires_at"'
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {t} (expires_at)")
+                # Partial: anonymous sessions, usually most of them, cost the
+                # index nothing; "user_id = ?" implies "IS NOT NULL", so
+                # SQLite uses it for a user's lookup.
+                index = f'"{self.table}_user_id"'
+                conn.execute(
+                    f"CREATE INDEX IF NOT EXISTS {index} ON {t} (user_id, key)"
+                    " WHERE user_id IS NOT NULL"
+                )
             except sqlite3.Error as exc:
                 raise StoreError(f"{self!r}: cannot create the table: {exc}") from exc
             self._schema_ready = True
+
+    def _add_user_column(self, conn: sqlite3.Connection) -> None:
+        """Add the ``user_id`` column to a table made before it existed."""
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self._t})")}
+        if "user_id" in columns:
+            return
+        try:
+            conn.execute(f"ALTER TABLE {self._t} ADD COLUMN user_id TEXT")
+        except sqlite3.OperationalError as exc:
+            # Another process added it first.
+            if "duplicate column" not in str(exc):
+                raise
 
     def _execute(self, sql: str, params: tuple[object, ...]) -> sqlite3.Cursor:
         try:
@@ -132,27 +161,35 @@ class SQLiteStore(Store):
         ).fetchone()
         return None if row is None else Record(bytes(row[0]), row[1], row[2])
 
-    def insert(self, key: str, value: bytes, expires_at: float) -> bool:
+    def insert(self, key: str, value: bytes, expires_at: float, *, user: str | None = None) -> bool:
         # An expired row still holding the key counts as absent: replace it.
         # The first version is random, so a key deleted and created again never
         # repeats a version that an old reader still holds.
         cursor = self._execute(
-            f"INSERT INTO {self._t} (key, value, expires_at, version) VALUES (?, ?, ?, ?)"  # noqa: S608
+            f"INSERT INTO {self._t} (key, value, expires_at, version, user_id)"  # noqa: S608
+            " VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
-            " expires_at = excluded.expires_at, version = version + 1"
+            " expires_at = excluded.expires_at, version = version + 1,"
+            " user_id = excluded.user_id"
             f" WHERE {self._t}.expires_at <= ?",
-            (key, value, expires_at, secrets.randbits(62), time.time()),
+            (key, value, expires_at, secrets.randbits(62), user, time.time()),
         )
         return cursor.rowcount == 1
 
     def update(
-        self, key: str, value: bytes, expires_at: float, version: Version | None = None
+        self,
+        key: str,
+        value: bytes,
+        expires_at: float,
+        version: Version | None = None,
+        *,
+        user: str | None = None,
     ) -> bool:
         sql = (
-            f"UPDATE {self._t} SET value = ?, expires_at = ?, version = version + 1"  # noqa: S608
-            " WHERE key = ? AND expires_at > ?"
+            f"UPDATE {self._t} SET value = ?, expires_at = ?, version = version + 1,"  # noqa: S608
+            " user_id = ? WHERE key = ? AND expires_at > ?"
         )
-        params: tuple[object, ...] = (value, expires_at, key, time.time())
+        params: tuple[object, ...] = (value, expires_at, user, key, time.time())
         if version is not None:
             sql += " AND version = ?"
             params += (version,)
@@ -186,6 +223,26 @@ class SQLiteStore(Store):
                 f"SELECT key, value, expires_at, version FROM {self._t}"  # noqa: S608
                 " WHERE key >= ? AND key > ? AND expires_at > ? ORDER BY key LIMIT 500",
                 (prefix, last, time.time()),
+            ).fetchall()
+            if not rows:
+                return
+            for key, value, expires_at, version in rows:
+                if not key.startswith(prefix):
+                    if key > prefix:
+                        return
+                    continue
+                yield key, Record(bytes(value), expires_at, version)
+            last = rows[-1][0]
+
+    def iter_user_records(self, user: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
+        # Through the partial index on (user_id, key), paged like iter_records.
+        last = ""
+        while True:
+            rows = self._execute(
+                f"SELECT key, value, expires_at, version FROM {self._t}"  # noqa: S608
+                " WHERE user_id = ? AND key >= ? AND key > ? AND expires_at > ?"
+                " ORDER BY key LIMIT 500",
+                (user, prefix, last, time.time()),
             ).fetchall()
             if not rows:
                 return
