@@ -348,3 +348,24 @@ def test_compare_and_set_across_two_instances_under_threads(directory: Path) -> 
     record = stores[1].load(key)
     assert record is not None
     assert int(record.value) == threads * increments
+
+
+def test_a_user_directory_removed_by_another_writer_mid_mkdir_is_made_again(
+    directory: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another writer may rmdir the (empty) user directory between mkdir's EEXIST
+    # and Path.mkdir's is-it-a-directory check: that must be a retry, not an error.
+    store = FileStore(directory)
+    real_mkdir = Path.mkdir
+    raised: list[Path] = []
+
+    def racing_mkdir(self: Path, *args: object, **kwargs: object) -> None:
+        if self.parent.name == ".users" and not raised:
+            raised.append(self)
+            raise FileExistsError(17, "File exists")
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    assert store.insert("session:k", b"v", time.time() + 60, user="alice")
+    assert raised  # the race happened once
+    assert [key for key, _ in store.iter_user_records("alice")] == ["session:k"]

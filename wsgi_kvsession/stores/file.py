@@ -231,10 +231,18 @@ class FileStore(Store):
                     # Private, as the store's directory: 0o700 at each level.
                     self._users_dir.mkdir(mode=0o700, exist_ok=True)
                     marker.parent.mkdir(mode=0o700, exist_ok=True)
+                except FileExistsError:
+                    # mkdir found it, then it was gone when Path.mkdir checked it
+                    # was a directory: another writer removed it. Try again.
+                    continue
                 except OSError as mkdir_exc:
                     raise self._error("index a session by user", mkdir_exc) from mkdir_exc
             except OSError as exc:
                 raise self._error("index a session by user", exc) from exc
+        # Every attempt lost its directory to another writer's cleanup.
+        raise self._error(
+            "index a session by user", FileExistsError(errno.EEXIST, "directory kept vanishing")
+        )
 
     def _remove_marker(self, user: str, key: str) -> None:
         marker = self._marker(user, key)
