@@ -47,6 +47,7 @@ from .stores.base import (
 
 if TYPE_CHECKING:
     from .options import Options
+    from .serializers import Serializer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,49 @@ MAX_CLOCK_SKEW = 300.0
 MAX_INSERT_ATTEMPTS = 5
 
 _MISSING = object()
+
+
+def decode_record(
+    options: Options, record: Record, now: float
+) -> tuple[envelope.Envelope, dict[str, Any]]:
+    """Parse a stored record; raise :class:`SerializationError` for one that is
+    damaged, foreign, or could not be written back. (Shared by the session and
+    by integrations that keep their own session objects, such as Django's.)"""
+    stored = envelope.unpack(record.value)
+    if stored.serializer != options.serializer.name:
+        raise SerializationError(f"written by the {stored.serializer!r} serializer")
+    if not (0 <= stored.created <= now + MAX_CLOCK_SKEW):
+        raise SerializationError("its creation time is not plausible")
+    data = options.serializer.loads(stored.data)
+    if type(data) is not dict:
+        raise SerializationError("the session data is not a mapping")
+    if not all(type(v) in _IMMUTABLE for v in data.values()):
+        # Damaged or foreign containers can decode yet fail to encode again
+        # (nesting deeper than the encoder goes), which would make every
+        # later save of the session fail: refuse them now.
+        options.serializer.dumps(data)
+    return stored, data
+
+
+def merge_changes(
+    serializer: Serializer, loaded: dict[str, Any], mine: dict[str, Any], theirs: dict[str, Any]
+) -> dict[str, Any]:
+    """Apply one request's key-level changes (``loaded`` → ``mine``) to the newer
+    stored data ``theirs``.
+
+    A key the request set or changed takes the request's value (so for the
+    same key the last writer wins); a key it deleted is deleted; every other
+    key keeps the newer stored value.
+    """
+    dumps = serializer.dumps
+    merged = dict(theirs)
+    for key, value in mine.items():
+        if key not in loaded or dumps(loaded[key]) != dumps(value):
+            merged[key] = value
+    for key in loaded:
+        if key not in mine:
+            merged.pop(key, None)
+    return merged
 
 
 def merge_backoff(attempt: int) -> float:
@@ -189,22 +233,7 @@ class Session(MutableMapping[str, Any]):
         self._user_id = self._loaded_user_id = stored.user_id
 
     def _decode(self, record: Record, now: float) -> tuple[envelope.Envelope, dict[str, Any]]:
-        """Parse a stored record; raise :class:`SerializationError` for one that is
-        damaged, foreign, or could not be written back."""
-        stored = envelope.unpack(record.value)
-        if stored.serializer != self.options.serializer.name:
-            raise SerializationError(f"written by the {stored.serializer!r} serializer")
-        if not (0 <= stored.created <= now + MAX_CLOCK_SKEW):
-            raise SerializationError("its creation time is not plausible")
-        data = self.options.serializer.loads(stored.data)
-        if type(data) is not dict:
-            raise SerializationError("the session data is not a mapping")
-        if not all(type(v) in _IMMUTABLE for v in data.values()):
-            # Damaged or foreign containers can decode yet fail to encode again
-            # (nesting deeper than the encoder goes), which would make every
-            # later save of the session fail: refuse them now.
-            self.options.serializer.dumps(data)
-        return stored, data
+        return decode_record(self.options, record, now)
 
     def _changing(self) -> None:
         if not self._loaded:
@@ -610,21 +639,7 @@ class Session(MutableMapping[str, Any]):
         )
 
     def _merge(self, loaded: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
-        """Apply this request's key-level changes to the newer stored data.
-
-        A key this request set or changed takes this request's value (so for
-        the same key the last writer wins); a key it deleted is deleted; every
-        other key keeps the newer stored value.
-        """
-        dumps = self.options.serializer.dumps
-        merged = dict(theirs)
-        for key, value in self._data.items():
-            if key not in loaded or dumps(loaded[key]) != dumps(value):
-                merged[key] = value
-        for key in loaded:
-            if key not in self._data:
-                merged.pop(key, None)
-        return merged
+        return merge_changes(self.options.serializer, loaded, self._data, theirs)
 
     def _after_response(self) -> None:
         """Called when the response is finished: report changes made too late

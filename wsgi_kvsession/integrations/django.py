@@ -71,7 +71,7 @@ import threading
 import time
 from collections.abc import Container, Mapping
 from http.cookies import Morsel
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -94,15 +94,16 @@ from ..middleware import ENVIRON_KEY
 from ..options import DEFAULT_ABSOLUTE_TIMEOUT, Options, SessionOptions
 from ..serializers import SerializationError
 from ..session import (
-    MAX_CLOCK_SKEW,
+    _IMMUTABLE,
     MAX_INSERT_ATTEMPTS,
     MAX_MERGE_ATTEMPTS,
     Session,
+    decode_record,
     merge_backoff,
+    merge_changes,
 )
 from ..stores import store_from_url
 from ..stores.base import (
-    Record,
     Store,
     StoreError,
     Version,
@@ -111,9 +112,6 @@ from ..stores.base import (
     user_text,
 )
 from .base import SessionProxy
-
-if TYPE_CHECKING:
-    from ..serializers import Serializer
 
 __all__ = [
     "DEFAULT_STORE_URL",
@@ -142,8 +140,6 @@ _EXPIRY_KEY = "_session_expiry"
 #: ``environ`` key marking a session :class:`SessionMiddleware` made itself (no
 #: WSGI middleware in front), which it must therefore commit.
 _OWN_SESSION_KEY = "wsgi_kvsession.django.own_session"
-#: Values that cannot change in place (see :mod:`wsgi_kvsession.session`).
-_IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes})
 
 #: Django settings each option is read from (explicit WSGI_KVSESSION_OPTIONS win).
 SETTINGS_KEYS = {
@@ -302,38 +298,6 @@ def get_options() -> Options:
 
 
 # ----------------------------------------------------------------- records
-
-
-def _decode_record(options: Options, record: Record, now: float) -> tuple[envelope.Envelope, Any]:
-    """Parse a stored record as the core session does; raise
-    :class:`SerializationError` for one that is damaged or foreign."""
-    stored = envelope.unpack(record.value)
-    if stored.serializer != options.serializer.name:
-        raise SerializationError(f"written by the {stored.serializer!r} serializer")
-    if not (0 <= stored.created <= now + MAX_CLOCK_SKEW):
-        raise SerializationError("its creation time is not plausible")
-    data = options.serializer.loads(stored.data)
-    if type(data) is not dict:
-        raise SerializationError("the session data is not a mapping")
-    if not all(type(v) in _IMMUTABLE for v in data.values()):
-        # Decodable but not encodable again would fail every later save.
-        options.serializer.dumps(data)
-    return stored, data
-
-
-def _merge(
-    serializer: Serializer, loaded: dict[str, Any], mine: dict[str, Any], theirs: dict[str, Any]
-) -> dict[str, Any]:
-    """This request's key-level changes applied to the newer stored data (the
-    core's rule 11: keys it set win, keys it deleted go, the rest are theirs)."""
-    merged = dict(theirs)
-    for key, value in mine.items():
-        if key not in loaded or serializer.dumps(loaded[key]) != serializer.dumps(value):
-            merged[key] = value
-    for key in loaded:
-        if key not in mine:
-            merged.pop(key, None)
-    return merged
 
 
 def _user_id(value: Any) -> str | int | None:
@@ -526,7 +490,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             self._session_key = None
             return {}
         try:
-            stored, data = _decode_record(options, record, now)
+            stored, data = decode_record(options, record, now)
         except SerializationError as exc:
             emit(
                 options.on_event,
@@ -570,7 +534,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
                 self._session_key = None
                 return {}
             self._kv_expires_at = max(self._kv_expires_at, deadline)
-        return cast("dict[str, Any]", data)
+        return data
 
     def exists(self, session_key: Any) -> bool:
         session_id = self._kv_id(session_key)
@@ -685,7 +649,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
         if current is None:
             raise UpdateError
         try:
-            stored, data = _decode_record(options, current, now)
+            stored, data = decode_record(options, current, now)
         except SerializationError:
             raise UpdateError from None
         self._kv_known = True
@@ -794,7 +758,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             if current is None:
                 raise UpdateError  # deleted meanwhile (logged out elsewhere)
             try:
-                theirs, their_data = _decode_record(options, current, now)
+                theirs, their_data = decode_record(options, current, now)
             except SerializationError as exc:
                 log.warning(
                     "session %s became unreadable: %s",
@@ -802,7 +766,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
                     exc,
                 )
                 raise UpdateError from None
-            merged = _merge(options.serializer, loaded, data, their_data)
+            merged = merge_changes(options.serializer, loaded, data, their_data)
             merged_permanent = permanent if own_permanent else theirs.permanent
             merged_user = user_id if own_user else theirs.user_id
             encoded = options.serializer.dumps(merged)
