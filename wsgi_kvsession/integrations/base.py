@@ -91,6 +91,31 @@ class SessionProxy(MutableMapping[str, Any]):
         self._session.permanent = value
 
     @property
+    def modified(self) -> bool:
+        """True when the session will be written back. Changes are found by
+        comparing bytes, so nested mutation counts without setting this;
+        setting it to True forces a write."""
+        return self._session.modified
+
+    @modified.setter
+    def modified(self, value: bool) -> None:
+        self._session.modified = value
+
+    @property
+    def accessed(self) -> bool:
+        """True once the session was really read or written in this request."""
+        return self._session.accessed
+
+    @accessed.setter
+    def accessed(self, value: bool) -> None:
+        # Frameworks set this on every touch (Flask 3.1.3+ whenever the
+        # ``session`` proxy is used, e.g. by every render_template(); Django's
+        # SessionBase on every method call). The core session knows when it
+        # was really read, which is what Vary: Cookie and rule 6 go by, so a
+        # page that never reads the session costs no store call.
+        pass
+
+    @property
     def user_id(self) -> str | int | None:
         """The user this session belongs to (for listing and revoking a user's
         sessions); None for an anonymous session."""

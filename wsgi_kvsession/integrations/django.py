@@ -885,27 +885,6 @@ class KVSession(SessionProxy, SessionBase):  # type: ignore[misc]
         # methods; the key is the core session's.
         return self.session_key
 
-    @property
-    def accessed(self) -> bool:
-        """True once the session was really read or written in this request."""
-        return self._session.accessed
-
-    @accessed.setter
-    def accessed(self, value: bool) -> None:
-        # SessionBase sets it on every method call; the core knows when the
-        # session was really read, which is what Vary and rule 6 go by.
-        pass
-
-    @property
-    def modified(self) -> bool:
-        """True when the session will be written back (bytes differ);
-        setting it to True forces a write."""
-        return self._session.modified
-
-    @modified.setter
-    def modified(self, value: bool) -> None:
-        self._session.modified = value
-
     def is_empty(self) -> bool:
         return self._session.id is None and len(self._session) == 0
 

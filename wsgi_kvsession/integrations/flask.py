@@ -87,30 +87,6 @@ class KVSession(SessionProxy, SessionMixin):
         """True when no stored session backs this one (yet)."""
         return self._session.new
 
-    @property
-    def modified(self) -> bool:
-        """True when the session will be written back. Changes are found by
-        comparing bytes, so nested mutation counts without setting this;
-        setting it to True forces a write."""
-        return self._session.modified
-
-    @modified.setter
-    def modified(self, value: bool) -> None:
-        self._session.modified = value
-
-    @property
-    def accessed(self) -> bool:
-        """True once the session was really read or written in this request."""
-        return self._session.accessed
-
-    @accessed.setter
-    def accessed(self, value: bool) -> None:
-        # Flask (3.1.3+) sets this whenever the ``session`` proxy is touched,
-        # e.g. by every render_template(). The core session knows when it was
-        # really read, which is what Vary: Cookie and rule 6 go by, so a
-        # page that never reads the session costs no store call.
-        pass
-
     # -- Flask-KVSession and core extras --------------------------------
 
     @property
