@@ -214,35 +214,28 @@ class SQLiteStore(Store):
         return cursor.rowcount == 1
 
     def iter_records(self, prefix: str = "") -> Iterator[tuple[str, Record]]:
-        # Pages by key so that a long listing holds no read transaction open.
-        # Keys under a prefix are one contiguous range of the key order: start
-        # at the prefix, stop at the first key past it.
-        last = ""
-        while True:
-            rows = self._execute(
-                f"SELECT key, value, expires_at, version FROM {self._t}"  # noqa: S608
-                " WHERE key >= ? AND key > ? AND expires_at > ? ORDER BY key LIMIT 500",
-                (prefix, last, time.time()),
-            ).fetchall()
-            if not rows:
-                return
-            for key, value, expires_at, version in rows:
-                if not key.startswith(prefix):
-                    if key > prefix:
-                        return
-                    continue
-                yield key, Record(bytes(value), expires_at, version)
-            last = rows[-1][0]
+        return self._pages("", (), prefix)
 
     def iter_user_records(self, user: str, prefix: str = "") -> Iterator[tuple[str, Record]]:
-        # Through the partial index on (user_id, key), paged like iter_records.
+        # Through the partial index on (user_id, key).
+        return self._pages("user_id = ? AND ", (user,), prefix)
+
+    def _pages(
+        self, condition: str, params: tuple[str, ...], prefix: str
+    ) -> Iterator[tuple[str, Record]]:
+        """The live records under ``prefix`` that also meet ``condition``.
+
+        Pages by key so that a long listing holds no read transaction open.
+        Keys under a prefix are one contiguous range of the key order: start
+        at the prefix, stop at the first key past it.
+        """
         last = ""
         while True:
             rows = self._execute(
                 f"SELECT key, value, expires_at, version FROM {self._t}"  # noqa: S608
-                " WHERE user_id = ? AND key >= ? AND key > ? AND expires_at > ?"
+                f" WHERE {condition}key >= ? AND key > ? AND expires_at > ?"
                 " ORDER BY key LIMIT 500",
-                (user, prefix, last, time.time()),
+                (*params, prefix, last, time.time()),
             ).fetchall()
             if not rows:
                 return
