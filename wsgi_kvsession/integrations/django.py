@@ -104,6 +104,7 @@ from ..session import (
 )
 from ..stores import store_from_url
 from ..stores.base import (
+    Record,
     Store,
     StoreError,
     Version,
@@ -505,14 +506,7 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             emit(options.on_event, SessionEvent.EXPIRED, options.ids.log_hash(session_id))
             self._session_key = None
             return {}
-        self._kv_known = True
-        self._kv_version = record.version
-        self._kv_expires_at = record.expires_at
-        self._kv_data = stored.data
-        self._kv_permanent = stored.permanent
-        self._kv_created = stored.created
-        self._kv_user_id = stored.user_id
-        self._kv_had_auth = _AUTH_USER_KEY in data
+        self._kv_remember(record, stored, data)
         if not options.ids.signed_with_current_key(cast(str, self.session_key), session_id):
             # Signed with a fallback key: have Django send it again, newly
             # signed, before that key is retired (the save is only a touch).
@@ -652,9 +646,13 @@ class SessionStore(SessionBase):  # type: ignore[misc]
             stored, data = decode_record(options, current, now)
         except SerializationError:
             raise UpdateError from None
+        self._kv_remember(current, stored, data)
+
+    def _kv_remember(self, record: Record, stored: envelope.Envelope, data: dict[str, Any]) -> None:
+        """Note the state of the record this engine read (what a save compares to)."""
         self._kv_known = True
-        self._kv_version = current.version
-        self._kv_expires_at = current.expires_at
+        self._kv_version = record.version
+        self._kv_expires_at = record.expires_at
         self._kv_data = stored.data
         self._kv_permanent = stored.permanent
         self._kv_created = stored.created
