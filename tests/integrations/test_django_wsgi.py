@@ -26,7 +26,7 @@ from wsgi_kvsession.integrations.flask import KVSessionInterface
 
 from . import django_support
 from .django_support import OURS, PASSWORD, STOCK, USERNAME, DjangoSite
-from .flask_support import Backend, Reply, WebTestDriver
+from .flask_support import Backend, Reply, WebTestDriver, add_routes
 
 # The fixtures of django_support, in this module.
 key_prefix = django_support.key_prefix
@@ -187,19 +187,7 @@ def flask_app(backend: Backend) -> Flask:
         backend.store, key_prefix=backend.key_prefix, cookie_secure=False
     )
 
-    @app.get("/set")
-    def set_values() -> str:
-        from flask import request
-
-        for key, value in request.args.items():
-            session[key] = value
-        return "set"
-
-    @app.get("/get")
-    def get_value() -> str:
-        from flask import request
-
-        return repr(session.get(request.args["k"]))
+    add_routes(app)
 
     @app.get("/browser-session")
     def browser_session() -> str:

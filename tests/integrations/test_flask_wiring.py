@@ -30,6 +30,8 @@ from wsgi_kvsession.options import Options
 from wsgi_kvsession.stores import MemoryStore
 from wsgi_kvsession.stores.base import StoreError
 
+from .flask_support import add_routes
+
 SECRET = "wiring-secret-0123456789abcdef"
 
 
@@ -41,17 +43,7 @@ def _app(name: str = __name__, config: dict[str, Any] | None = None) -> Flask:
     app = Flask(name)
     app.config.update(SECRET_KEY=SECRET, TESTING=True)
     app.config.update(config or {})
-
-    @app.get("/set")
-    def set_values() -> str:
-        for key, value in request.args.items():
-            session[key] = value
-        return "set"
-
-    @app.get("/get")
-    def get_value() -> str:
-        return repr(session.get(request.args["k"]))
-
+    add_routes(app)
     return app
 
 
