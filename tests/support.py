@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -125,3 +126,31 @@ def client_for(handler: Handler, store: Store, **options: Any) -> Client:
 def set_cookies(response: TestResponse, name: str = "session") -> list[str]:
     """The Set-Cookie headers of ``response`` for cookie ``name``."""
     return [v for v in response.headers.getlist("Set-Cookie") if v.startswith(name + "=")]
+
+
+def write_in_forked_child(store: Store, key: str, child_key: str, expires_at: float) -> None:
+    """Fork; in the child, read ``key`` (which must hold ``b"parent"``), update it
+    to ``b"child"`` under its version and insert ``child_key``; assert the child
+    did all three. For the stores' fork-safety tests: the child must not use the
+    parent's connections."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, reports by exit code
+        code = 1
+        try:
+            record = store.load(key)
+            if record is None or record.value != b"parent":
+                code = 2
+            elif not store.update(key, b"child", expires_at, version=record.version):
+                code = 3
+            elif not store.insert(child_key, b"from the child", expires_at):
+                code = 4
+            else:
+                code = 0
+        except BaseException:
+            code = 5
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status), status
+    codes = {2: "no parent record", 3: "update refused", 4: "insert refused", 5: "raised"}
+    assert os.WEXITSTATUS(status) == 0, codes.get(os.WEXITSTATUS(status), "child failed")

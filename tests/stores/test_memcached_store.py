@@ -23,7 +23,12 @@ from wsgi_kvsession import Session, StoreError
 from wsgi_kvsession.stores import store_from_url
 
 from ..servers import ServerProcess, free_port
-from ..support import assert_instances_share_records, client_for, set_cookies
+from ..support import (
+    assert_instances_share_records,
+    client_for,
+    set_cookies,
+    write_in_forked_child,
+)
 from .backend_memcached import start_memcached, url_of
 
 pymemcache = pytest.importorskip("pymemcache")
@@ -634,26 +639,7 @@ def test_a_forked_child_uses_its_own_connections(tmp_path: Path, kind: str) -> N
         # Open (and count) the watchers' own connections before the baseline.
         watchers = [direct(s) for s in servers]
         before = _total_connections(watchers)
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child, reports by exit code
-            code = 1
-            try:
-                record = store.load(key)
-                if record is None or record.value != b"parent":
-                    code = 2
-                elif not store.update(key, b"child", later(), version=record.version):
-                    code = 3
-                elif not store.insert(child_key, b"from the child", later()):
-                    code = 4
-                else:
-                    code = 0
-            except BaseException:
-                code = 5
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status), status
-        assert os.WEXITSTATUS(status) == 0, "child exit code (see the test for the meaning)"
+        write_in_forked_child(store, key, child_key, later())
         # The child opened connections of its own instead of using the parent's.
         after_child = _total_connections(watchers)
         assert after_child > before

@@ -20,7 +20,11 @@ sa = pytest.importorskip("sqlalchemy")
 
 from sqlalchemy.schema import CreateIndex, CreateTable  # noqa: E402
 
-from tests.support import assert_instances_share_records, client_for  # noqa: E402
+from tests.support import (  # noqa: E402
+    assert_instances_share_records,
+    client_for,
+    write_in_forked_child,
+)
 from wsgi_kvsession import Session  # noqa: E402
 from wsgi_kvsession.stores import StoreError  # noqa: E402
 from wsgi_kvsession.stores.sqlalchemy import SQLAlchemyStore, define_table  # noqa: E402
@@ -946,26 +950,7 @@ def test_insert_if_absent_has_one_winner_across_processes(
 def test_a_store_used_before_fork_works_in_the_child(server_store: SQLAlchemyStore) -> None:
     key, child_key = new_key(), new_key()
     assert server_store.insert(key, b"parent", later()) is True  # a pooled connection
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, reports by exit code
-        code = 1
-        try:
-            record = server_store.load(key)
-            if record is None or record.value != b"parent":
-                code = 2
-            elif not server_store.update(key, b"child", later(), version=record.version):
-                code = 3
-            elif not server_store.insert(child_key, b"from the child", later()):
-                code = 4
-            else:
-                code = 0
-        except BaseException:
-            code = 5
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), status
-    assert os.WEXITSTATUS(status) == 0, "child exit code (see the test for the meaning)"
+    write_in_forked_child(server_store, key, child_key, later())
     # The parent's own pooled connection was left intact by the child.
     record = server_store.load(key)
     assert record is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import assert_instances_share_records
+from tests.support import assert_instances_share_records, write_in_forked_child
 from wsgi_kvsession.stores import SQLiteStore, StoreError
 
 TTL = 60.0
@@ -152,27 +152,7 @@ def test_a_store_used_before_fork_works_in_the_child(db_path: Path) -> None:
     key, child_key = new_key(), new_key()
     assert store.insert(key, b"parent", later()) is True  # the parent's connection is open
 
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, reports by exit code
-        code = 1
-        try:
-            record = store.load(key)
-            if record is None or record.value != b"parent":
-                code = 2
-            elif not store.update(key, b"child", later(), version=record.version):
-                code = 3
-            elif not store.insert(child_key, b"from the child", later()):
-                code = 4
-            else:
-                code = 0
-        except BaseException:
-            code = 5
-        finally:
-            os._exit(code)
-
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status), status
-    assert os.WEXITSTATUS(status) == 0, "child exit code (see the test for the meaning)"
+    write_in_forked_child(store, key, child_key, later())
     # The parent's own connection still works and sees the child's writes.
     record = store.load(key)
     assert record is not None
