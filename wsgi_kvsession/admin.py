@@ -23,7 +23,6 @@ counting and finding a user's sessions raise ``NotImplementedError`` there.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
 import re
@@ -381,7 +380,7 @@ class SessionManager:
                     # part was checked): leave the session as it is.
                     log.warning("not updating an unwritable session: %s", exc)
                     return False
-                value = envelope.pack(dataclasses.replace(stored, written=now, data=encoded))
+                value = envelope.pack(stored._replace(written=now, data=encoded))
                 user = user_text(stored.user_id)
                 if update_with_user(
                     self.store, key, value, record.expires_at, record.version, user

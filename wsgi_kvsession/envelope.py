@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .serializers import SerializationError
 
@@ -34,8 +34,11 @@ _PERMANENT = 0x01
 _USER_NONE, _USER_STR, _USER_INT = 0, 1, 2
 
 
-@dataclass(frozen=True, slots=True)
-class Envelope:
+class Envelope(NamedTuple):
+    """A record's metadata and encoded data. (A named tuple, not a frozen
+    dataclass, because one is built on every read, and a tuple is built
+    several times faster.)"""
+
     #: Unix time the session was first stored.
     created: float
     #: Unix time of the last write of the data.

@@ -188,7 +188,7 @@ class TaggedJSONSerializer:
     def dumps(self, value: Any) -> bytes:
         try:
             # ensure_ascii: any str, lone surrogates included, survives the trip.
-            return json.dumps(_tag(value), separators=(",", ":"), allow_nan=False).encode("ascii")
+            return _ENCODER.encode(_tag(value)).encode("ascii")
         except SerializationError:
             raise
         except (TypeError, ValueError, RecursionError) as exc:
@@ -196,18 +196,25 @@ class TaggedJSONSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            if b'{" ' not in data:
+            # What this serializer writes is ASCII; UTF-8 is what JSON allows.
+            text = data.decode("utf-8")
+            if '{" ' not in text:
                 # No key starts with a space, so nothing is tagged: skip the
                 # per-object hook. (Inside a JSON string that quote is escaped.)
-                return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
-            return json.loads(
-                data,
-                object_hook=_untag,
-                parse_constant=_reject_constant,
-                parse_float=_finite_float,
-            )
+                return _PLAIN_DECODER.decode(text)
+            return _TAGGED_DECODER.decode(text)
         except _DECODE_ERRORS as exc:
             raise SerializationError(f"not a tagged-JSON session: {exc}") from exc
+
+
+# Built once: json.dumps and json.loads build a new encoder or decoder on every
+# call that passes options, which costs more than encoding a small session.
+# Both are stateless between calls, so threads can share them.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_PLAIN_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_TAGGED_DECODER = json.JSONDecoder(
+    object_hook=_untag, parse_constant=_reject_constant, parse_float=_finite_float
+)
 
 
 class MsgpackSerializer:

@@ -67,6 +67,35 @@ log = logging.getLogger(__name__)
 EXTENSION_KEY = "wsgi_kvsession"
 #: How many configurations an interface keeps options for (apps x configs).
 _OPTIONS_CACHE_SIZE = 8
+#: Every ``app.config`` key that :meth:`KVSessionInterface.settings` (with
+#: Flask's own ``get_cookie_*``) reads: their values decide the options.
+_CONFIG_READ = (
+    "SESSION_COOKIE_NAME",
+    "SESSION_COOKIE_DOMAIN",
+    "SESSION_COOKIE_PATH",
+    "APPLICATION_ROOT",
+    "SESSION_COOKIE_HTTPONLY",
+    "SESSION_COOKIE_SECURE",
+    "SESSION_COOKIE_SAMESITE",
+    "SESSION_COOKIE_PARTITIONED",
+    "PERMANENT_SESSION_LIFETIME",
+    "SESSION_REFRESH_EACH_REQUEST",
+    "SECRET_KEY",
+    "SECRET_KEY_FALLBACKS",
+    "SESSION_KEY_BITS",
+    "SESSION_PERMANENT",
+    "SESSION_KEY_PREFIX",
+    "SESSION_RANDOM_SOURCE",
+)
+_COOKIE_GETTERS = (
+    "get_cookie_name",
+    "get_cookie_domain",
+    "get_cookie_path",
+    "get_cookie_httponly",
+    "get_cookie_secure",
+    "get_cookie_samesite",
+    "get_cookie_partitioned",
+)
 
 
 class KVSession(SessionProxy, SessionMixin):
@@ -146,6 +175,16 @@ class _AppState:
         #: Options per configuration seen, newest last. Built once each: a
         #: signer and checks are not free, and several apps may share one state.
         self._cache: dict[tuple[Any, ...], Options] = {}
+        #: The same options by the raw config values they came from (see
+        #: KVSessionInterface.options): found without computing the settings.
+        self.by_config: dict[tuple[Any, ...], Options] = {}
+
+    def remember(self, config_values: tuple[Any, ...], options: Options) -> None:
+        cache = dict(self.by_config)  # copy on write, as in options()
+        if len(cache) >= _OPTIONS_CACHE_SIZE:
+            del cache[next(iter(cache))]
+        cache[config_values] = options
+        self.by_config = cache
 
     def options(self, settings: dict[str, Any]) -> Options:
         """Options for ``settings`` (from the config) under the explicit options;
@@ -335,8 +374,36 @@ class KVSessionInterface(SessionInterface):
         return settings
 
     def options(self, app: Flask) -> Options:
-        """The options of ``app``'s sessions as configured now."""
-        return self.app_state(app).options(self.settings(app))
+        """The options of ``app``'s sessions as configured now.
+
+        Asked twice on every request, so the answer is looked up by the raw
+        values of the config keys the settings come from, which costs a
+        fraction of computing the settings; an interface whose subclass
+        overrides how they are computed always computes them.
+        """
+        state = self.app_state(app)
+        if not self._settings_from_config_only:
+            return state.options(self.settings(app))
+        config = app.config
+        values = tuple(
+            tuple(value) if type(value) is list else value
+            for value in map(config.get, _CONFIG_READ)
+        )
+        try:
+            options = state.by_config.get(values)
+        except TypeError:  # an unhashable config value: compute, don't cache
+            return state.options(self.settings(app))
+        if options is None:
+            options = state.options(self.settings(app))
+            state.remember(values, options)
+        return options
+
+    @functools.cached_property
+    def _settings_from_config_only(self) -> bool:
+        cls = type(self)
+        return cls.settings is KVSessionInterface.settings and all(
+            getattr(cls, name) is getattr(SessionInterface, name) for name in _COOKIE_GETTERS
+        )
 
     # -- the SessionInterface protocol -----------------------------------
 
@@ -350,9 +417,22 @@ class KVSessionInterface(SessionInterface):
             session = Session(self.app_state(app).store, self.options(app), environ)
             environ[ENVIRON_KEY] = session
             return self.session_class(session)
-        state = self._known_state(app)
         middleware = environ.get(MIDDLEWARE_ENVIRON_KEY)
-        if state is not None and middleware is not None and middleware is state.middleware:
+        # Whether the middleware already asked this interface for this app's
+        # options when the request came in (then the session has them).
+        provider = getattr(middleware, "options_provider", None)
+        provided = (
+            isinstance(provider, functools.partial)
+            and getattr(provider.func, "__self__", None) is self
+            and provider.args == (app,)
+        )
+        state = self._known_state(app)
+        if (
+            state is not None
+            and middleware is not None
+            and middleware is state.middleware
+            and not provided
+        ):
             # This app's own middleware, which asks for the config's options; on
             # the first request of the two-liner they arrive only now.
             options = self.options(app)

@@ -59,7 +59,7 @@ try:
     from redis.backoff import NoBackoff
     from redis.cluster import ClusterNode, RedisCluster
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import RedisClusterException, RedisError, ResponseError
+    from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
     from redis.retry import Retry
     from redis.sentinel import Sentinel
 except ImportError as exc:  # pragma: no cover - depends on the installation
@@ -408,7 +408,7 @@ class RedisStore(Store):
 
     def load(self, key: str) -> Record | None:
         try:
-            raw = self._client.redis.get(key)
+            raw = self._client.get(key)
         except ResponseError as exc:
             if _wrong_type(exc):
                 return None  # another application's hash or list: not a session
@@ -600,16 +600,77 @@ class RedisStore(Store):
 
 
 class _Client:
-    """A redis-py client with this store's scripts registered on it."""
+    """A redis-py client with this store's scripts registered on it.
+
+    On a plain ``redis.Redis`` with a connection pool (a standalone server, or
+    a Sentinel's primary), ``get`` and the scripts go straight to a pooled
+    connection: ``send_command`` and ``read_response`` are what
+    ``Redis.execute_command`` does, without its per-command bookkeeping (retry
+    callbacks, observability hooks), which costs more than the rest of a
+    session read. The store's retry rule is kept: a broken connection is
+    retried once on a fresh one, a timeout never (redis-py drops a connection
+    that timed out, so a late reply is never read as another command's).
+    A Cluster, a single-connection client or a subclass takes the usual path.
+    """
 
     def __init__(self, client: Any) -> None:
         self.redis: Any = client
         # Script objects only compute their SHA here; Redis gets the script on
         # first use (EVALSHA, and SCRIPT LOAD once when Redis does not know it).
-        self.update = client.register_script(_UPDATE)
-        self.delete = client.register_script(_DELETE)
-        self.touch = client.register_script(_TOUCH)
-        self.index = client.register_script(_INDEX)
+        self._update = client.register_script(_UPDATE)
+        self._delete = client.register_script(_DELETE)
+        self._touch = client.register_script(_TOUCH)
+        self._index = client.register_script(_INDEX)
+        pool = getattr(client, "connection_pool", None)
+        self._pool: redis.ConnectionPool | None = (
+            pool
+            if type(client) is redis.Redis
+            and getattr(client, "connection", None) is None
+            and isinstance(pool, redis.ConnectionPool)
+            else None
+        )
+
+    def get(self, key: str) -> Any:
+        if self._pool is None:
+            return self.redis.get(key)
+        return self._direct(self._pool, ("GET", key))
+
+    def update(self, keys: list[str], args: list[Any]) -> Any:
+        return self._run(self._update, keys, args)
+
+    def delete(self, keys: list[str], args: list[Any]) -> Any:
+        return self._run(self._delete, keys, args)
+
+    def touch(self, keys: list[str], args: list[Any]) -> Any:
+        return self._run(self._touch, keys, args)
+
+    def index(self, keys: list[str], args: list[Any]) -> Any:
+        return self._run(self._index, keys, args)
+
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if self._pool is not None:
+            try:
+                return self._direct(self._pool, ("EVALSHA", script.sha, len(keys), *keys, *args))
+            except NoScriptError:
+                pass  # Redis restarted (or its scripts were flushed): the Script loads it
+        return script(keys=keys, args=args)
+
+    @staticmethod
+    def _direct(pool: redis.ConnectionPool, command: tuple[Any, ...]) -> Any:
+        for attempt in (0, 1):
+            connection = pool.get_connection()
+            try:
+                connection.send_command(*command)
+                return connection.read_response()
+            except RedisConnectionError:
+                # A pooled connection that broke (a Redis restart): once more,
+                # on a fresh connection. redis-py has already disconnected it.
+                connection.disconnect()
+                if attempt:
+                    raise
+            finally:
+                pool.release(connection)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _wrong_type(exc: ResponseError) -> bool:
