@@ -3,8 +3,9 @@
 Every event of a session's life (created, regenerated, destroyed, emptied,
 expired, unknown, unreadable, gone during a request, and a rejected cookie) is
 logged at INFO (WARNING for the unusual ones) on ``wsgi_kvsession.session``
-with two ``extra`` fields a log handler can index, ``session_event`` and
-``session_hash``, and passed to the ``on_event`` option when one is set.
+with three ``extra`` fields a log handler can index, ``session_event``,
+``session_hash`` and ``remote_addr`` (the client's address), and passed to the
+``on_event`` option when one is set.
 
 The hash is a keyed short hash of the session ID (HMAC-SHA256, 16 hex
 digits): lines of one session correlate, while a log reader can neither
@@ -58,6 +59,10 @@ class SessionEventInfo:
     session_hash: str | None
     #: A human-readable detail, never the ID or the data.
     detail: str = ""
+    #: The request's client address (``REMOTE_ADDR``, so the proxy's unless a
+    #: trusted proxy fix rewrote it), for counting e.g. unknown or rejected
+    #: cookies per client (ID guessing); None outside a request.
+    remote_addr: str | None = None
 
 
 EventHook = Callable[[SessionEventInfo], None]
@@ -91,7 +96,13 @@ def session_hash(key: bytes, session_id: str) -> str:
     return hmac.new(key, session_id.encode("ascii"), hashlib.sha256).hexdigest()[:16]
 
 
-def emit(hook: EventHook | None, event: SessionEvent, hashed: str | None, detail: str = "") -> None:
+def emit(
+    hook: EventHook | None,
+    event: SessionEvent,
+    hashed: str | None,
+    detail: str = "",
+    remote_addr: str | None = None,
+) -> None:
     """Log ``event`` and call ``hook``; a failing hook is logged, never raised."""
     level = logging.WARNING if event in _WARNINGS else logging.INFO
     if log.isEnabledFor(level):
@@ -99,9 +110,10 @@ def emit(hook: EventHook | None, event: SessionEvent, hashed: str | None, detail
         if detail:
             message += ": %s"
         args: tuple[object, ...] = (hashed or "",) + ((detail,) if detail else ())
-        log.log(level, message, *args, extra={"session_event": event.value, "session_hash": hashed})
+        extra = {"session_event": event.value, "session_hash": hashed, "remote_addr": remote_addr}
+        log.log(level, message, *args, extra=extra)
     if hook is not None:
         try:
-            hook(SessionEventInfo(event, hashed, detail))
+            hook(SessionEventInfo(event, hashed, detail, remote_addr))
         except Exception:
             log.exception("the on_event hook failed on %s", event.value)

@@ -70,6 +70,14 @@ def decode_record(
     """Parse a stored record; raise :class:`SerializationError` for one that is
     damaged, foreign, or could not be written back. (Shared by the session and
     by integrations that keep their own session objects, such as Django's.)"""
+    stored, data, _ = _decode_record(options, record, now)
+    return stored, data
+
+
+def _decode_record(
+    options: Options, record: Record, now: float
+) -> tuple[envelope.Envelope, dict[str, Any], bool]:
+    """:func:`decode_record`, and whether every value is immutable."""
     stored = envelope.unpack(record.value)
     if stored.serializer != options.serializer.name:
         raise SerializationError(f"written by the {stored.serializer!r} serializer")
@@ -78,12 +86,13 @@ def decode_record(
     data = options.serializer.loads(stored.data)
     if type(data) is not dict:
         raise SerializationError("the session data is not a mapping")
-    if not all(type(v) in _IMMUTABLE for v in data.values()):
+    immutable = all(type(v) in _IMMUTABLE for v in data.values())
+    if not immutable:
         # Damaged or foreign containers can decode yet fail to encode again
         # (nesting deeper than the encoder goes), which would make every
         # later save of the session fail: refuse them now.
         options.serializer.dumps(data)
-    return stored, data
+    return stored, data, immutable
 
 
 def merge_changes(
@@ -144,6 +153,38 @@ class Session(MutableMapping[str, Any]):
     and ``len`` included, loads it and marks it accessed.
     """
 
+    # Slots: a session is built for every request, and its attributes are
+    # read and written many times in each.
+    __slots__ = (
+        "__weakref__",
+        "_accessed",
+        "_commit_started",
+        "_committed",
+        "_created",
+        "_data",
+        "_deleted",
+        "_environ",
+        "_forced",
+        "_key_of",
+        "_late_change_logged",
+        "_loaded",
+        "_loaded_data",
+        "_loaded_immutable",
+        "_loaded_permanent",
+        "_loaded_user_id",
+        "_mutated",
+        "_permanent",
+        "_record",
+        "_request_had_cookie",
+        "_resign",
+        "_sid",
+        "_store_failed",
+        "_store_key",
+        "_user_id",
+        "options",
+        "store",
+    )
+
     def __init__(self, store: Store, options: Options, environ: dict[str, Any]) -> None:
         self.store = store
         self.options = options
@@ -156,6 +197,9 @@ class Session(MutableMapping[str, Any]):
         #: The record the current ID had when loaded; None for a new session.
         self._record: Record | None = None
         self._loaded_data = b""
+        #: Every loaded value is immutable: unless a mutating method ran, the
+        #: data cannot have changed, so it need not be encoded to compare.
+        self._loaded_immutable = False
         self._created = 0.0
         self._permanent = False
         self._loaded_permanent = False
@@ -176,6 +220,9 @@ class Session(MutableMapping[str, Any]):
         self._committed: bytes | object | None = _MISSING
         self._late_change_logged = False
         self._commit_started = False
+        #: The store key of the ID ``_key_of`` (see _key()).
+        self._key_of: str | None = None
+        self._store_key = ""
 
     # -- loading ---------------------------------------------------------
 
@@ -193,16 +240,16 @@ class Session(MutableMapping[str, Any]):
         self._request_had_cookie = True
         session_id = None
         for value in values:
-            session_id = self.options.ids.decode(value)
+            session_id, current_key = self.options.ids.decode_cookie(value)
             if session_id is not None:
-                self._resign = not self.options.ids.signed_with_current_key(value, session_id)
+                self._resign = not current_key
                 break
         if session_id is None:
             # Rule 2: never the value itself in the log, it may be a live ID.
             self._event(SessionEvent.REJECTED, None, f"{len(values)} value(s)")
             return
         try:
-            record = self.store.load(store_key(self.options.key_prefix, session_id))
+            record = self.store.load(self._key(session_id))
         except StoreError:
             # Marked in both modes: an app that catches the error must not
             # then replace the user's session with a new, empty one.
@@ -216,7 +263,7 @@ class Session(MutableMapping[str, Any]):
             self._event(SessionEvent.UNKNOWN, session_id)
             return
         try:
-            stored, data = self._decode(record, now)
+            stored, data, immutable = _decode_record(self.options, record, now)
         except SerializationError as exc:
             self._event(SessionEvent.UNREADABLE, session_id, str(exc))
             return
@@ -227,6 +274,7 @@ class Session(MutableMapping[str, Any]):
         self._sid = session_id
         self._record = record
         self._data = data
+        self._loaded_immutable = immutable
         self._loaded_data = stored.data
         self._created = stored.created
         self._permanent = self._loaded_permanent = stored.permanent
@@ -404,11 +452,24 @@ class Session(MutableMapping[str, Any]):
     # -- lifecycle -------------------------------------------------------
 
     def _key(self, session_id: str) -> str:
-        return store_key(self.options.key_prefix, session_id)
+        # Remembered: a request that reads and then writes needs it twice.
+        prefix = self.options.key_prefix
+        key = self._store_key
+        if session_id != self._key_of or len(key) != len(prefix) + 64 or not key.startswith(prefix):
+            self._key_of = session_id
+            self._store_key = store_key(prefix, session_id)
+        return self._store_key
 
     def _event(self, event: SessionEvent, session_id: str | None, detail: str = "") -> None:
         hashed = self.options.ids.log_hash(session_id) if session_id is not None else None
-        emit(self.options.on_event, event, hashed, detail)
+        remote_addr = self._environ.get("REMOTE_ADDR")
+        emit(
+            self.options.on_event,
+            event,
+            hashed,
+            detail,
+            remote_addr if isinstance(remote_addr, str) else None,
+        )
 
     def _delete_record(self, event: SessionEvent) -> None:
         """Delete the stored record of the current ID, if there is one, at once."""
@@ -429,9 +490,56 @@ class Session(MutableMapping[str, Any]):
         when the response starts. The creation time is kept, so regenerating
         never extends the absolute timeout.
         """
-        self._delete_record(SessionEvent.REGENERATED)
+        self._take_over_record()
         self._sid = self.options.ids.new_id()
         self._changing()
+
+    def _take_over_record(self) -> None:
+        """Delete the current record for :meth:`regenerate`, keeping parallel changes.
+
+        The delete is a compare-and-delete on the version this request loaded. If
+        another request of the session saved a change since, the record is read
+        again and this request's key-level changes are merged onto it (as
+        :meth:`_save` does), so the new record starts from the newest data rather
+        than from this request's stale copy (rule 11).
+        """
+        if not self._loaded:
+            self._load()
+        record, session_id = self._record, self._sid
+        if record is None or session_id is None:
+            self._record = None
+            return
+        key = self._key(session_id)
+        version = record.version
+        loaded = self.options.serializer.loads(self._loaded_data) if self._loaded_data else {}
+        own_permanent = self._permanent != self._loaded_permanent
+        own_user = self._user_id != self._loaded_user_id
+        for attempt in range(MAX_MERGE_ATTEMPTS):
+            if self.store.delete(key, version):
+                break
+            current = self.store.load(key)
+            if current is None:
+                break  # destroyed or expired meanwhile: nothing left to take over
+            try:
+                theirs, their_data = self._decode(current, time.time())
+            except SerializationError:
+                break
+            self._data = self._merge(loaded, their_data)
+            loaded = their_data  # our changes, relative to what we merged onto
+            if not own_permanent:
+                self._permanent = theirs.permanent
+            if not own_user:
+                self._user_id = theirs.user_id
+            version = current.version
+            time.sleep(merge_backoff(attempt))
+        else:
+            raise StoreError(
+                f"{self.store!r}: could not regenerate the session after "
+                f"{MAX_MERGE_ATTEMPTS} concurrent changes"
+            )
+        self._deleted = True
+        self._event(SessionEvent.REGENERATED, session_id)
+        self._record = None
 
     def destroy(self) -> None:
         """Delete the session: its record at once, its cookie with the response.
@@ -455,11 +563,7 @@ class Session(MutableMapping[str, Any]):
         """The data as the serializer writes it (None when empty)."""
         if not self._data and self._user_id is None:
             return None  # nothing worth a record
-        if (
-            not self._mutated
-            and self._loaded_data
-            and all(type(v) in _IMMUTABLE for v in self._data.values())
-        ):
+        if not self._mutated and self._loaded_immutable and self._loaded_data:
             return self._loaded_data  # unchanged by construction: skip the encode
         return self.options.serializer.dumps(self._data)
 

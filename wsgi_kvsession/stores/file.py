@@ -80,6 +80,22 @@ def _parse_head(blob: bytes) -> tuple[float, int, str | None, int, int] | None:
     return expires_at, version, user, end, length
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``, or raise :class:`OSError`.
+
+    ``os.write`` may write only part of a buffer and return the count without
+    an error: a file system that runs out of space in the middle of a write
+    does exactly that (the *next* write raises ``ENOSPC``). Unchecked, the
+    short temporary file would then replace a good record.
+    """
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # pragma: no cover - write(2) reports no progress as an error
+            raise OSError(errno.EIO, "no progress writing a session file")
+        view = view[written:]
+
+
 def _file_name(key: str) -> str:
     # Every character outside [A-Za-z0-9_-] is percent-encoded, so a name can
     # never contain "/" or start with "." (no traversal, no clash with the
@@ -194,7 +210,7 @@ class FileStore(Store):
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                os.write(fd, head + value)
+                _write_all(fd, head + value)
                 if self.fsync:
                     os.fsync(fd)
             finally:

@@ -166,7 +166,8 @@ def _unpack(raw: object) -> _Item | None:
     if not isinstance(raw, bytes) or len(raw) < _HEADER.size:
         return None
     magic, expires_at, token = _HEADER.unpack_from(raw)
-    if magic != _MAGIC or token == 0:
+    # A NaN expiry compares false both ways, so it would never expire: not ours.
+    if magic != _MAGIC or token == 0 or not math.isfinite(expires_at):
         return None
     return _Item(expires_at, token, raw[_HEADER.size :])
 

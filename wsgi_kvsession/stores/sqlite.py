@@ -92,9 +92,13 @@ class SQLiteStore(Store):
                 check_same_thread=False,
                 factory=_Connection,
             )
-            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self!r}: cannot open the database: {exc}") from exc
+        try:
+            self._use_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
+            conn.close()  # not left to the garbage collector: it holds a descriptor
             raise StoreError(f"{self!r}: cannot open the database: {exc}") from exc
         self._local.conn = conn
         self._local.pid = os.getpid()
@@ -104,6 +108,24 @@ class SQLiteStore(Store):
         if not self._schema_ready:
             self._create_schema(conn)
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the database to WAL, waiting (up to ``timeout``) for other writers.
+
+        On a database not in WAL mode yet (a new file), the switch needs a write
+        lock, and SQLite answers "database is locked" at once, without its busy
+        timeout, when another connection is writing (waiting could deadlock): as
+        happens when several workers open a new database together.
+        """
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     def _create_schema(self, conn: sqlite3.Connection) -> None:
         with self._lock:
