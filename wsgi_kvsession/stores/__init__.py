@@ -1,8 +1,11 @@
 """Session stores: one module per backend, all implementing :class:`Store`.
 
-The embedded stores are imported here; the server stores are imported on first
-use (``from wsgi_kvsession.stores import RedisStore``), so that importing this
-package never needs redis-py, pymemcache, SQLAlchemy or simplekv installed.
+The embedded stores are imported here; the server stores, and the
+:class:`EncryptedStore` wrapper, are imported on first use (``from
+wsgi_kvsession.stores import RedisStore``), so that importing this package
+never needs redis-py, pymemcache, SQLAlchemy, simplekv or cryptography
+installed. Without its library, that import raises :class:`ImportError` naming
+the extra to install.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from .sqlite import SQLiteStore
 from .urls import store_from_url
 
 if TYPE_CHECKING:
+    from .encrypted import EncryptedStore
     from .memcache import MemcacheStore
     from .redis import RedisStore
     from .simplekv import SimpleKVStore
     from .sqlalchemy import SQLAlchemyStore
 
-#: Server stores, by name: the module that defines each, imported on first use.
+#: Stores that need an optional library (the server stores and the encrypting
+#: wrapper), by name: the module that defines each, imported on first use.
 _SERVER_STORES = {
+    "EncryptedStore": "encrypted",
     "RedisStore": "redis",
     "MemcacheStore": "memcache",
     "SQLAlchemyStore": "sqlalchemy",
@@ -31,6 +37,7 @@ _SERVER_STORES = {
 }
 
 __all__ = [
+    "EncryptedStore",
     "FileStore",
     "MemcacheStore",
     "MemoryStore",
