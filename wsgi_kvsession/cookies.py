@@ -10,15 +10,32 @@ response gets (DESIGN.md rule 5):
   cache never serves one user's page to another (CVE-2023-30861);
 * ``Cache-Control: no-store`` replacing whatever the app chose on a response
   that sets or clears the cookie, so no cache stores a ``Set-Cookie``.
+
+Its size is checked once, when the options are built
+(:func:`largest_set_cookie`, used by :mod:`wsgi_kvsession.options`), not on
+every response: every ``Set-Cookie`` it writes is at most
+:data:`MAX_SET_COOKIE_BYTES` long (ASVS 5 3.3.5).
 """
 
 from __future__ import annotations
 
+from base64 import urlsafe_b64encode
+from typing import TYPE_CHECKING, Literal
+
 from werkzeug.http import dump_cookie, dump_header, parse_cookie, parse_set_header
 
-from .options import Options
+if TYPE_CHECKING:  # options.py imports this module to check the cookie's size
+    from .options import Options
 
 Headers = list[tuple[str, str]]
+
+#: The longest ``Set-Cookie`` value the options may produce. Browsers drop a
+#: cookie whose name and value exceed 4096 bytes (RFC 6265bis 5.7, ASVS 5
+#: 3.3.5); the whole header, attributes included, is held to the same bound.
+MAX_SET_COOKIE_BYTES = 4096
+#: Browsers ignore (not shorten) an attribute whose value exceeds 1024 bytes,
+#: so a longer ``Path`` or ``Domain`` would silently scope the cookie anew.
+MAX_ATTRIBUTE_BYTES = 1024
 
 
 def request_cookie_values(environ: dict[str, object], name: str) -> list[str]:
@@ -62,6 +79,33 @@ def expired_cookie(options: Options) -> str:
     return _dump_cookie(options, "", 0, 0)
 
 
+def largest_set_cookie(options: Options, max_age: int) -> str:
+    """The longest ``Set-Cookie`` value ``options`` can produce, for a session
+    whose permanent cookie lives at most ``max_age`` seconds: the longest
+    cookie value (an ID of ``id_bits``, signed when signing is on) with every
+    attribute, or the expiring cookie of a logout if that is longer.
+
+    Raises what Werkzeug raises for attributes it cannot write (a domain that
+    IDNA cannot encode, an ``Expires`` date after the year 9999).
+    """
+    # An ID of the configured size, shaped as secrets.token_urlsafe() makes
+    # them (every ID has the same length), without drawing a real one.
+    session_id = urlsafe_b64encode(bytes(options.ids.id_bytes)).rstrip(b"=").decode("ascii")
+    value = options.ids.encode(session_id)
+    return max(session_cookie(options, value, max_age), expired_cookie(options), key=len)
+
+
+def attribute_value(attribute: Literal["Domain", "Path"], value: str) -> str:
+    """``value`` as Werkzeug writes it into the ``attribute`` of a
+    ``Set-Cookie`` (IDNA for a domain, percent-encoding for a path); "" when
+    it writes no such attribute."""
+    if attribute == "Domain":
+        header = dump_cookie("n", domain=value, path=None)
+    else:
+        header = dump_cookie("n", path=value)
+    return header.partition(f"; {attribute}=")[2]
+
+
 def _dump_cookie(options: Options, value: str, max_age: int | None, expires: int | None) -> str:
     return dump_cookie(
         options.cookie_name,
@@ -74,6 +118,9 @@ def _dump_cookie(options: Options, value: str, max_age: int | None, expires: int
         httponly=options.cookie_httponly,
         samesite=options.cookie_samesite,
         partitioned=options.cookie_partitioned,
+        # No per-response size warning: the options were refused at
+        # construction if this header could exceed MAX_SET_COOKIE_BYTES.
+        max_size=0,
     )
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypedDict
 
+from .cookies import MAX_ATTRIBUTE_BYTES, MAX_SET_COOKIE_BYTES, attribute_value, largest_set_cookie
 from .events import EventHook
 from .ids import IdCodec
 from .serializers import Serializer, TaggedJSONSerializer
@@ -75,6 +77,13 @@ class SessionOptions(TypedDict, total=False):
 
 
 _SAMESITE = {"lax": "Lax", "strict": "Strict", "none": "None"}
+#: A ``Domain`` attribute as Werkzeug writes it (IDNA already applied): a
+#: host name or address, nothing that could end the attribute.
+_DOMAIN_ATTRIBUTE = re.compile(r"[A-Za-z0-9._-]*")
+#: Added to the timeout that bounds a permanent cookie's Max-Age: a record
+#: written by a server whose clock runs ahead (up to ``session.MAX_CLOCK_SKEW``,
+#: 300 s) lives that much longer; a day covers it.
+_MAX_AGE_ALLOWANCE = 86400
 
 
 def _seconds(name: str, value: Seconds | None, *, allow_zero: bool = False) -> float | None:
@@ -201,7 +210,9 @@ class Options:
             raise ValueError(
                 f"cookie_refresh={cookie_refresh!r}: use 'on_touch', 'every_request' or 'on_change'"
             )
-        return cls(
+        if cookie_domain is not None and not isinstance(cookie_domain, str):
+            raise TypeError(f"cookie_domain={cookie_domain!r}: give a str or None")
+        built = cls(
             cookie_name=cookie_name,
             cookie_path=cookie_path,
             cookie_domain=cookie_domain,
@@ -221,6 +232,8 @@ class Options:
             permanent_by_default=bool(options.get("permanent_by_default", False)),
             on_event=on_event,
         )
+        _check_cookie_size(built)
+        return built
 
     def expires_at(self, created: float, now: float) -> float:
         """The deadline of a session created at ``created`` and active at ``now``."""
@@ -230,3 +243,76 @@ class Options:
         if self.absolute_timeout is not None:
             deadlines.append(created + self.absolute_timeout)
         return min(deadlines)
+
+
+def _check_cookie_size(options: Options) -> None:
+    """Refuse options whose session cookie a browser would drop or rescope.
+
+    ASVS 5 3.3.5 (checklist item S16): the largest ``Set-Cookie`` the options
+    can produce (the longest cookie value with every attribute, and a
+    permanent cookie's ``Max-Age`` and ``Expires``) must fit in
+    :data:`~wsgi_kvsession.cookies.MAX_SET_COOKIE_BYTES`, and ``Domain`` and
+    ``Path`` in the 1024 bytes browsers read of an attribute. Checked once
+    here, so that no response needs to measure its header.
+    """
+    encoded = {"cookie_name": options.cookie_name}
+    attributes: tuple[tuple[str, Literal["Domain", "Path"], str | None], ...] = (
+        ("cookie_domain", "Domain", options.cookie_domain),
+        ("cookie_path", "Path", options.cookie_path),
+    )
+    for name, attribute, value in attributes:
+        if value is None:
+            continue
+        try:
+            written: str | None = attribute_value(attribute, value)
+        except UnicodeError:
+            written = None  # IDNA refused it: a label empty or over 63 characters
+        if written is None or (attribute == "Domain" and not _DOMAIN_ATTRIBUTE.fullmatch(written)):
+            kind = "domain name" if attribute == "Domain" else "path"
+            raise ValueError(f"{name}={value!r}: not a {kind} a cookie can carry")
+        if len(written) > MAX_ATTRIBUTE_BYTES:
+            raise ValueError(
+                f"{name}: {len(written)} bytes in the Set-Cookie header; browsers ignore a "
+                f"{attribute} attribute over {MAX_ATTRIBUTE_BYTES} bytes (the cookie would "
+                f"then apply elsewhere): use a shorter {name}"
+            )
+        encoded[name] = written
+    max_age, timeout = _longest_max_age(options)
+    try:
+        header = largest_set_cookie(options, max_age)
+    except (ValueError, OverflowError):  # the Expires date is after the year 9999
+        raise ValueError(
+            f"{timeout}={getattr(options, timeout)!r}: a permanent session's cookie would "
+            "expire after the year 9999, which a cookie cannot say; use a shorter "
+            f"{timeout} (browsers keep a cookie 400 days at most anyway)"
+        ) from None
+    # Every character of the header is Latin-1 (Werkzeug encodes the rest), so
+    # its length is its size in bytes.
+    if len(header) > MAX_SET_COOKIE_BYTES:
+        parts = ", ".join(
+            f"{name} ({len(value)} bytes)"
+            for name, value in sorted(encoded.items(), key=lambda item: -len(item[1]))
+            if len(value) > 1  # not the default path "/"
+        )
+        raise ValueError(
+            f"the session's Set-Cookie header could be {len(header)} bytes, over the "
+            f"{MAX_SET_COOKIE_BYTES} browsers accept (ASVS 5 3.3.5): shorten {parts}"
+        )
+
+
+def _longest_max_age(options: Options) -> tuple[int, str]:
+    """The longest ``Max-Age`` a permanent cookie can get, and the timeout that
+    sets it (the shorter one: a session ends at the earlier deadline)."""
+    timeouts = [
+        (seconds, name)
+        for seconds, name in (
+            (options.idle_timeout, "idle_timeout"),
+            (options.absolute_timeout, "absolute_timeout"),
+        )
+        if seconds is not None
+    ]
+    seconds, name = min(timeouts)  # from_kwargs refuses both None
+    try:
+        return int(seconds) + _MAX_AGE_ALLOWANCE, name
+    except OverflowError:  # float("inf")
+        raise ValueError(f"{name}={seconds!r}: give a finite number of seconds") from None
