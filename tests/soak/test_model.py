@@ -87,3 +87,19 @@ def test_only_the_final_check_flags_keys_the_book_does_not_know() -> None:
     assert not tally.violations.counts
     tally.check("final", "s", data, session.entries, doubtful=session.doubtful)
     assert tally.violations.counts == {"unexpected_keys": 1}
+
+
+def test_a_delete_sent_before_two_logins_still_excuses_the_key() -> None:
+    """Found in CI: a delete sent on a session, still running (a stalled worker
+    thread) when two logins in a row replaced the session, removed its key. The
+    key must not be expected by reads of the session after the second login."""
+    tally = Tally()
+    first = Lineage("first")
+    tally.place(first, Entry("w1", "v1", 1.0))
+    first.deleting.add("w1")
+    first.delete_sent.add("w1")
+    second = login(tally, first)
+    third = tally.end(second, "regenerate", 30.0, 40.0, "third-cookie")
+    assert third is not None
+    assert "w1" in third.entries  # still booked: the delete has not answered
+    assert "w1" in third.delete_sent  # so a read does not expect it
