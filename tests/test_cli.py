@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -141,7 +142,8 @@ def test_show_by_hash_and_by_id_renders_tagged_types(runner: CliRunner, target: 
     )
     key_hash = target.manager().key_hash(sid)
     for name in (key_hash, sid):
-        result = invoke(runner, "show", name, *target.args())
+        # "--": an ID may start with "-" (1 in 64), which click would take for an option.
+        result = invoke(runner, "show", *target.args(), "--", name)
         assert result.exit_code == 0, result.output
         shown = json.loads(result.stdout)
         assert shown["key_hash"] == key_hash
@@ -201,7 +203,21 @@ def test_revoke_one_asks_first(runner: CliRunner, target: Target) -> None:
 
 def test_revoke_by_id_with_yes(runner: CliRunner, target: Target) -> None:
     sid = target.make_session()
-    result = invoke(runner, "revoke", sid, "--yes", *target.args())
+    result = invoke(runner, "revoke", "--yes", *target.args(), "--", sid)
+    assert result.exit_code == 0, result.output
+    assert target.manager().get(sid) is None
+
+
+def test_an_id_that_starts_with_a_dash_is_given_after_double_dash(
+    runner: CliRunner, target: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ID in 64 starts with "-"; after "--" click takes it as the argument."""
+    real = secrets.token_urlsafe
+    monkeypatch.setattr(secrets, "token_urlsafe", lambda n=None: "-" + real(n)[1:])
+    sid = target.make_session()
+    assert sid.startswith("-")
+    assert invoke(runner, "show", *target.args(), "--", sid).exit_code == 0
+    result = invoke(runner, "revoke", "--yes", *target.args(), "--", sid)
     assert result.exit_code == 0, result.output
     assert target.manager().get(sid) is None
 
