@@ -220,8 +220,8 @@ class Session(MutableMapping[str, Any]):
         self._committed: bytes | object | None = _MISSING
         self._late_change_logged = False
         self._commit_started = False
-        #: The store key of the ID ``_key_of`` (see _key()).
-        self._key_of: str | None = None
+        #: The store key of ``_key_of``, a (key prefix, ID) pair (see _key()).
+        self._key_of: tuple[str, str] | None = None
         self._store_key = ""
 
     # -- loading ---------------------------------------------------------
@@ -452,12 +452,12 @@ class Session(MutableMapping[str, Any]):
     # -- lifecycle -------------------------------------------------------
 
     def _key(self, session_id: str) -> str:
-        # Remembered: a request that reads and then writes needs it twice.
-        prefix = self.options.key_prefix
-        key = self._store_key
-        if session_id != self._key_of or len(key) != len(prefix) + 64 or not key.startswith(prefix):
-            self._key_of = session_id
-            self._store_key = store_key(prefix, session_id)
+        # Remembered: a request that reads and then writes needs it twice. By
+        # prefix too: Flask and Django may swap a session's options before use.
+        of = (self.options.key_prefix, session_id)
+        if of != self._key_of:
+            self._key_of = of
+            self._store_key = store_key(*of)
         return self._store_key
 
     def _event(self, event: SessionEvent, session_id: str | None, detail: str = "") -> None:

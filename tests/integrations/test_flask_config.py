@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 from flask import Flask, request, session
+from flask.config import Config
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from wsgi_kvsession import KVSessionMiddleware
 from wsgi_kvsession.ids import IdCodec
+from wsgi_kvsession.integrations import flask as flask_integration
 from wsgi_kvsession.integrations.flask import KVSessionInterface, init_app
 from wsgi_kvsession.stores import MemoryStore, Store
 from wsgi_kvsession.stores.base import Record
@@ -69,6 +71,35 @@ def test_config_changed_after_setup_takes_effect(
     assert client.get("/get?k=p", base_url="https://localhost").text == "'1'"
     (record,) = backend.records().values()
     assert before + 120 <= record.expires_at <= after + 120
+
+
+def test_the_options_cache_keys_on_every_config_key_the_settings_read() -> None:
+    """``KVSessionInterface.options`` finds a request's options by the raw values of
+    ``_CONFIG_READ``: a config key that ``settings`` (or Flask's ``get_cookie_*``)
+    reads and that list lacks would serve options from before the key changed."""
+    read: set[str] = set()
+
+    class RecordingConfig(Config):
+        def __getitem__(self, key: str) -> Any:
+            read.add(key)
+            return super().__getitem__(key)
+
+        def get(self, key: str, default: Any = None) -> Any:
+            read.add(key)
+            return super().get(key, default)
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=SECRET,
+        SECRET_KEY_FALLBACKS=[NEW_SECRET],
+        SESSION_KEY_BITS=256,
+        SESSION_PERMANENT=True,
+        SESSION_KEY_PREFIX="app:",
+    )
+    app.config = RecordingConfig(app.config.root_path, app.config)
+    KVSessionInterface(MemoryStore()).settings(app)
+    assert read
+    assert read <= set(flask_integration._CONFIG_READ), read - set(flask_integration._CONFIG_READ)
 
 
 @pytest.mark.parametrize("mode", MODES)
