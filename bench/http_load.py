@@ -932,54 +932,15 @@ def cpu_table(fleet: list[Served]) -> str:
 def chart(
     fleet: list[Served], medians: dict[tuple[str, str, str], float], path: Path, title: str
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(ov.PAYLOADS), len(ov.MODES), figsize=(16, 9), sharey=True)
-    # The version is in the JSON; the long labels would not fit the figure.
-    names = [re.sub(r"^wsgi_kvsession \S+ / ", "wsgi_kvsession / ", s.label) for s in fleet]
-    for row, payload in enumerate(ov.PAYLOADS):
-        for col, mode in enumerate(ov.MODES):
-            ax = axes[row][col]
-            values, colors, texts = [], [], []
-            for served in fleet:
-                value = medians.get((served.name, mode, payload))
-                failed = (mode, payload) in served.failures
-                values.append(0.0 if value is None or failed else value)
-                texts.append("FAIL" if failed else f"{value:.0f}" if value else "")
-                colors.append(
-                    "#c0392b"
-                    if failed
-                    else "#aed6f1"
-                    if served.workers != WORKERS
-                    else "#2e86c1"
-                    if served.name.startswith("kvsession")
-                    else "#7f8c8d"
-                    if "floor" in served.name or "bare" in served.name
-                    else "#e67e22"
-                )
-            bars = ax.barh(range(len(fleet)), values, color=colors)
-            for bar, text in zip(bars, texts, strict=True):
-                ax.text(
-                    bar.get_width(),
-                    bar.get_y() + bar.get_height() / 2,
-                    " " + text,
-                    va="center",
-                    fontsize=7,
-                )
-            ax.set_title(f"{mode}, {ov.PAYLOAD_LABEL[payload]}", fontsize=10)
-            ax.set_yticks(range(len(fleet)), names, fontsize=7)
-            # First system on top (set, not inverted: the y axis is shared by every subplot).
-            ax.set_ylim(len(fleet) - 0.5, -0.5)
-            ax.set_xlabel("requests / s (median, higher is better)", fontsize=8)
-            ax.set_xlim(0, max([*values, 1.0]) * 1.25)
-            ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """overhead.py's chart, of requests/s; the one-worker systems drawn light."""
+    ov.chart(
+        fleet,
+        medians,
+        path,
+        title,
+        xlabel="requests / s (median, higher is better)",
+        light=lambda served: served.workers != WORKERS,
+    )
 
 
 def results_json(

@@ -50,10 +50,10 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -687,28 +687,47 @@ def table(systems: list[System], medians: dict[tuple[str, str, str], float]) -> 
     return "\n".join(lines)
 
 
+class Charted(Protocol):
+    """What :func:`chart` needs of a system (overhead.py's and http_load.py's)."""
+
+    name: str
+    label: str
+    failures: dict[tuple[str, str], str]
+
+
 def chart(
-    systems: list[System], medians: dict[tuple[str, str, str], float], path: Path, title: str
+    systems: Sequence[Charted],
+    medians: dict[tuple[str, str, str], float],
+    path: Path,
+    title: str,
+    *,
+    xlabel: str = "µs / request (median)",
+    light: Callable[[Any], bool] = lambda system: False,
 ) -> None:
+    """A bar chart of ``medians``: a panel per (payload, mode), a bar per system,
+    first system on top. ``light`` marks systems drawn in a light colour."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(PAYLOADS), len(MODES), figsize=(16, 9), sharey=True)
-    # Versions are in overhead.json; on the chart they only crowd the labels.
+    # Versions are in the JSON; on the chart they only crowd the labels.
     names = [re.sub(r" \d+(\.\d+)+\S*", "", s.label) for s in systems]
     for row, payload in enumerate(PAYLOADS):
         for col, mode in enumerate(MODES):
             ax = axes[row][col]
-            values, colors = [], []
+            values, colors, texts = [], [], []
             for system in systems:
                 value = medians.get((system.name, mode, payload))
                 failed = (mode, payload) in system.failures
-                values.append(0 if value is None or failed else value)
+                values.append(0.0 if value is None or failed else value)
+                texts.append("FAIL" if failed else f"{value:.0f}" if value else "")
                 colors.append(
                     "#c0392b"
                     if failed
+                    else "#aed6f1"
+                    if light(system)
                     else "#2e86c1"
                     if system.name.startswith("kvsession")
                     else "#7f8c8d"
@@ -716,14 +735,7 @@ def chart(
                     else "#e67e22"
                 )
             bars = ax.barh(range(len(systems)), values, color=colors)
-            for bar, value, system in zip(bars, values, systems, strict=True):
-                text = (
-                    "FAIL"
-                    if (mode, payload) in system.failures
-                    else f"{value:.0f}"
-                    if value
-                    else ""
-                )
+            for bar, text in zip(bars, texts, strict=True):
                 ax.text(
                     bar.get_width(),
                     bar.get_y() + bar.get_height() / 2,
@@ -735,8 +747,8 @@ def chart(
             ax.set_yticks(range(len(systems)), names, fontsize=7)
             # The axes share y: inverting each one would flip the shared axis back and forth.
             ax.set_ylim(len(systems) - 0.5, -0.5)
-            ax.set_xlabel("µs / request (median)", fontsize=8)
-            ax.set_xlim(0, max([*values, 1]) * 1.25)
+            ax.set_xlabel(xlabel, fontsize=8)
+            ax.set_xlim(0, max([*values, 1.0]) * 1.25)
             ax.tick_params(axis="x", labelsize=7)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
