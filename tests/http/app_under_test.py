@@ -135,7 +135,8 @@ class UnknownRoute(Exception):
     """No such route (a 404; a missing query parameter stays a 500)."""
 
 
-def _env_store() -> tuple[Store, str]:
+def env_store() -> tuple[Store, str]:
+    """The store and key prefix the parent test put in the environment (also the soak's)."""
     store = build_store(
         os.environ["KVSESSION_TEST_STORE_URL"], os.environ.get("KVSESSION_TEST_SQL_TABLE")
     )
@@ -193,7 +194,7 @@ def handle(path: str, args: dict[str, str], session: SessionLike) -> dict[str, A
 
 def make_wsgi_app() -> KVSessionMiddleware:
     """The raw WSGI variant: a Werkzeug handler under :class:`KVSessionMiddleware`."""
-    store, key_prefix = _env_store()
+    store, key_prefix = env_store()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         request = Request(environ)
@@ -214,7 +215,7 @@ def make_flask_app() -> Any:
 
     from wsgi_kvsession.integrations.flask import init_app
 
-    store, key_prefix = _env_store()
+    store, key_prefix = env_store()
     app = Flask(__name__)
 
     @app.route("/<name>")

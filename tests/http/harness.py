@@ -48,6 +48,8 @@ class Reply:
     status: int
     body: bytes
     set_cookies: list[str]
+    #: Every header (``get`` ignores the case of the name).
+    headers: http.client.HTTPMessage = field(default_factory=http.client.HTTPMessage)
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -81,7 +83,12 @@ def http_get(
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
         body = response.read()
-        return Reply(response.status, body, response.msg.get_all("Set-Cookie") or [])
+        return Reply(
+            response.status,
+            body,
+            response.msg.get_all("Set-Cookie") or [],
+            response.msg,
+        )
     finally:
         connection.close()
 

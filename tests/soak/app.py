@@ -2,8 +2,8 @@
 
 gunicorn imports this module in each worker (``tests.soak.app:make_app()``); the
 test passes the store through the environment, under the same names as the
-HTTP tests' app (:mod:`tests.http.app_under_test`, whose store builder and
-``BrokenStore`` this reuses):
+HTTP tests' app (:mod:`tests.http.app_under_test`, whose ``env_store`` (with its
+``BrokenStore``) this reuses):
 
 ``KVSESSION_TEST_STORE_URL``
     the store URL; for Redis and PostgreSQL it names the connections
@@ -55,9 +55,8 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from wsgi_kvsession import KVSessionMiddleware, Session, get_session
-from wsgi_kvsession.stores import Store
 
-from ..http.app_under_test import PID_PAUSE, BrokenStore, build_store
+from ..http.app_under_test import PID_PAUSE, env_store
 
 #: The longest a ``delay`` parameter may make a request wait.
 MAX_SLEEP = 1.0
@@ -115,16 +114,6 @@ def handle(path: str, args: dict[str, str], session: Session) -> dict[str, Any]:
     return reply
 
 
-def _env_store() -> tuple[Store, str]:
-    store = build_store(
-        os.environ["KVSESSION_TEST_STORE_URL"], os.environ.get("KVSESSION_TEST_SQL_TABLE")
-    )
-    broken = os.environ.get("KVSESSION_TEST_BREAK")
-    if broken:
-        store = BrokenStore(store, broken)
-    return store, os.environ["KVSESSION_TEST_KEY_PREFIX"]
-
-
 def stamp_commit(app: WSGIApp) -> WSGIApp:
     """Wrap the middleware so each response says when the session had been saved.
 
@@ -148,7 +137,7 @@ def stamp_commit(app: WSGIApp) -> WSGIApp:
 
 def make_app() -> WSGIApp:
     """The app gunicorn serves: the routes above under :class:`KVSessionMiddleware`."""
-    store, key_prefix = _env_store()
+    store, key_prefix = env_store()
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)

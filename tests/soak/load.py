@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from ..http.harness import REQUEST_TIMEOUT, HarnessError, Reply
+from ..http.harness import REQUEST_TIMEOUT, HarnessError, Reply, http_get
 from .app import COMMITTED_HEADER, PID_HEADER
 from .model import ABSENT, Entry, Grade, Lineage, Tally
 
@@ -88,25 +88,11 @@ class Answer:
 
 
 def call(port: int, path: str, cookie: str | None, timeout: float = REQUEST_TIMEOUT) -> Answer:
-    """``GET path`` over a fresh connection carrying exactly ``cookie`` (like
-    :func:`tests.http.harness.http_get`, plus the app's timing headers)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        headers = {"Connection": "close"}
-        if cookie is not None:
-            headers["Cookie"] = f"session={cookie}"
-        connection.request("GET", path, headers=headers)
-        response = connection.getresponse()
-        body = response.read()
-        committed = response.getheader(COMMITTED_HEADER)
-        pid = response.getheader(PID_HEADER)
-        return Answer(
-            Reply(response.status, body, response.msg.get_all("Set-Cookie") or []),
-            float(committed) if committed else None,
-            int(pid) if pid else None,
-        )
-    finally:
-        connection.close()
+    """:func:`tests.http.harness.http_get`, with the app's timing headers read."""
+    reply = http_get(port, path, cookie, timeout=timeout)
+    committed = reply.headers.get(COMMITTED_HEADER)
+    pid = reply.headers.get(PID_HEADER)
+    return Answer(reply, float(committed) if committed else None, int(pid) if pid else None)
 
 
 @dataclass
